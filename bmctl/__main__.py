@@ -1,0 +1,3 @@
+from bmctl.cli import main
+
+main()

@@ -1,0 +1,96 @@
+"""The `bmctl` command line (typer). Commands parse options and hand over to bmctl.commands."""
+from __future__ import annotations
+
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bmctl import __version__
+from bmctl.commands import cluster as cluster_cmd
+from bmctl.commands import config as config_cmd
+from bmctl.config.problems import ConfigError
+from bmctl.errors import BmctlError
+from bmctl.output import err, print_problems
+from bmctl.phases import PhaseNotAvailable
+
+app = typer.Typer(help="Bare-metal Kubernetes clusters over SSH, with bundled load balancing "
+                       "(Keepalived + HAProxy for the API VIP, MetalLB layer 2 for Services).",
+                  no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
+create_app = typer.Typer(help="Create a config template or a cluster.", no_args_is_help=True)
+check_app = typer.Typer(help="Check a config file.", no_args_is_help=True)
+app.add_typer(create_app, name="create")
+app.add_typer(check_app, name="check")
+
+ClusterOpt = typer.Option(..., "--cluster", "-c", help="Cluster name (bmctl-workspace/NAME/NAME.yaml) or a "
+                                                        "path to a config file.")
+WorkspaceOpt = typer.Option(None, "--workspace", envvar="BMCTL_WORKSPACE",
+                            help="Workspace folder [default: ./bmctl-workspace].")
+
+
+class Output(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bmctl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
+@create_app.command("config")
+def create_config(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                  force: bool = typer.Option(False, "--force", help="Overwrite an existing config.")) -> None:
+    """Write a commented config template to bmctl-workspace/NAME/NAME.yaml."""
+    config_cmd.create_config(cluster, workspace, force)
+
+
+@check_app.command("config")
+def check_config(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                 output: Output = typer.Option(Output.text, "--output", "-o", help="text or json.")) -> None:
+    """Validate a config file (no network): every problem with its field, line and fix."""
+    raise typer.Exit(config_cmd.check_config(cluster, workspace, output.value))
+
+
+@create_app.command("cluster")
+def create_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                   dry_run: bool = typer.Option(False, "--dry-run", help="Render every file per node under "
+                                                "bmctl-workspace/NAME/dry-run/ and print the plan; touch no machine."),
+                   ) -> None:
+    """Preflight, node provisioning, control-plane LB, kubeadm, MetalLB and verification."""
+    cluster_cmd.create_cluster(cluster, workspace, dry_run)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every failure becomes one paragraph and an exit status, never a traceback."""
+    try:
+        app(args=argv, prog_name="bmctl", standalone_mode=True)
+    except SystemExit:
+        raise
+    except ConfigError as exc:
+        print_problems(exc.problems)
+        n = len(exc.errors)
+        err.print(f"{n} error{'s' if n != 1 else ''} found.")
+        sys.exit(1)
+    except BmctlError as exc:
+        err.print(exc.render(), markup=False)
+        sys.exit(exc.exit_code)
+    except PhaseNotAvailable as exc:
+        err.print(f"error: {exc}", markup=False)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err.print("interrupted; re-run the same command to continue (every step is idempotent)")
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - last resort: say what happened in one paragraph
+        err.print(f"error: bmctl hit an internal error ({type(exc).__name__}: {exc}). Nothing further "
+                  "was changed. Please report it with the command you ran.", markup=False)
+        sys.exit(70)

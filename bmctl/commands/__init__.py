@@ -1,0 +1,1 @@
+"""What each CLI command does, separated from option parsing."""

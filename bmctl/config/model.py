@@ -1,0 +1,228 @@
+"""The cluster config as typed objects (pydantic). Knows nothing of SSH or rendering.
+
+Field names are the YAML keys, camelCase as in Google's bmctl, so that an error's
+location is the path the user sees in the file.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field
+
+API_VERSION = "baremetal.cluster.gke.io/v1"
+DEFAULT_KUBERNETES_VERSION = "v1.34.2"
+APISERVER_PORT = 6444
+MEMBERLIST_PORT = 7946
+LB_NODE_LABEL = "baremetal.cluster.gke.io/lbnode"
+
+# Header keys written by Google's bmctl that point at GCP service-account keys. They
+# mean nothing to this bmctl; the loader warns and ignores them.
+GCP_HEADER_KEYS = (
+    "gcrKeyPath",
+    "gkeConnectAgentServiceAccountKeyPath",
+    "gkeConnectRegisterServiceAccountKeyPath",
+    "cloudOperationsServiceAccountKeyPath",
+)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class Header(Strict):
+    sshPrivateKeyPath: Optional[str] = None
+    sshKnownHostsPath: Optional[str] = None
+
+
+class Meta(Strict):
+    name: str
+    namespace: Optional[str] = None
+
+
+class Node(Strict):
+    address: str
+    k8sIP: Optional[str] = None
+
+    @property
+    def ip(self) -> str:
+        """The node's IP inside the cluster: k8sIP when set, else address."""
+        return self.k8sIP or self.address
+
+
+class NodePoolSpec(Strict):
+    nodes: list[Node] = Field(min_length=1)
+
+
+class ControlPlane(Strict):
+    nodePoolSpec: NodePoolSpec
+
+
+class CIDRBlocks(Strict):
+    cidrBlocks: list[str] = Field(min_length=1)
+
+
+class ClusterNetwork(Strict):
+    pods: CIDRBlocks
+    services: CIDRBlocks
+    kubeProxyMode: Literal["iptables", "ipvs"] = "iptables"
+
+
+class Ports(Strict):
+    controlPlaneLBPort: int = 443
+
+
+class VIPs(Strict):
+    controlPlaneVIP: str
+    ingressVIP: Optional[str] = None
+
+
+class AddressPool(Strict):
+    name: str
+    addresses: list[str] = Field(min_length=1)
+    avoidBuggyIPs: bool = False
+    manualAssign: bool = False
+
+
+class VRRP(Strict):
+    """bmctl's Keepalived settings (not in Google's bmctl; all optional)."""
+
+    virtualRouterID: Optional[int] = None
+    unicast: bool = False
+    advertInterval: Optional[float] = None
+    interface: Optional[str] = None
+
+
+class LoadBalancer(Strict):
+    mode: Literal["bundled", "manual"]
+    type: Literal["layer2", "bgp"] = "layer2"
+    ports: Ports = Ports()
+    vips: VIPs
+    addressPools: list[AddressPool] = []
+    nodePoolSpec: Optional[NodePoolSpec] = None
+    vrrp: VRRP = VRRP()
+
+
+class NodeAccess(Strict):
+    loginUser: str = "root"
+
+
+class ClusterSpec(Strict):
+    type: Literal["standalone", "hybrid", "admin", "user"] = "standalone"
+    kubernetesVersion: str = DEFAULT_KUBERNETES_VERSION
+    controlPlane: ControlPlane
+    clusterNetwork: ClusterNetwork
+    loadBalancer: LoadBalancer
+    nodeAccess: NodeAccess = NodeAccess()
+
+
+class Cluster(Strict):
+    apiVersion: Literal["baremetal.cluster.gke.io/v1"]
+    kind: Literal["Cluster"]
+    metadata: Meta
+    spec: ClusterSpec
+
+
+class Namespace(Strict):
+    apiVersion: Literal["v1"]
+    kind: Literal["Namespace"]
+    metadata: Meta
+
+
+class NodePoolDocSpec(Strict):
+    clusterName: str
+    nodes: list[Node] = Field(min_length=1)
+
+
+class NodePool(Strict):
+    apiVersion: Literal["baremetal.cluster.gke.io/v1"]
+    kind: Literal["NodePool"]
+    metadata: Meta
+    spec: NodePoolDocSpec
+
+
+DEFAULT_ADVERT_INTERVAL = 0.2  # seconds; see benchmarks/ and README for the measurement
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A loaded, validated config: the documents plus what is derived from them."""
+
+    path: str
+    header: Header
+    cluster: Cluster
+    node_pools: tuple[NodePool, ...] = ()
+    warnings: tuple = field(default=(), compare=False)
+
+    @property
+    def name(self) -> str:
+        return self.cluster.metadata.name
+
+    @property
+    def spec(self) -> ClusterSpec:
+        return self.cluster.spec
+
+    @property
+    def lb(self) -> LoadBalancer:
+        return self.cluster.spec.loadBalancer
+
+    @property
+    def control_plane_nodes(self) -> list[Node]:
+        return list(self.spec.controlPlane.nodePoolSpec.nodes)
+
+    @property
+    def lb_nodes(self) -> list[Node]:
+        """LB nodes: the LB node pool if given, else the control-plane nodes."""
+        if self.lb.nodePoolSpec is not None:
+            return list(self.lb.nodePoolSpec.nodes)
+        return self.control_plane_nodes
+
+    @property
+    def separate_lb_pool(self) -> bool:
+        return self.lb.nodePoolSpec is not None
+
+    @property
+    def worker_nodes(self) -> list[Node]:
+        return [n for pool in self.node_pools for n in pool.spec.nodes]
+
+    @property
+    def all_nodes(self) -> list[Node]:
+        """Every machine once, control plane first."""
+        seen: dict[str, Node] = {}
+        extra = self.lb_nodes if self.separate_lb_pool else []
+        for node in [*self.control_plane_nodes, *extra, *self.worker_nodes]:
+            seen.setdefault(node.address, node)
+        return list(seen.values())
+
+    def roles(self, node: Node) -> list[str]:
+        out = []
+        if node.address in {n.address for n in self.control_plane_nodes}:
+            out.append("control-plane")
+        if node.address in {n.address for n in self.lb_nodes}:
+            out.append("load-balancer")
+        if node.address in {n.address for n in self.worker_nodes}:
+            out.append("worker")
+        return out
+
+    @property
+    def bundled(self) -> bool:
+        return self.lb.mode == "bundled"
+
+    @property
+    def virtual_router_id(self) -> int:
+        return self.lb.vrrp.virtualRouterID or derive_vrid(self.name)
+
+    @property
+    def advert_interval(self) -> float:
+        return self.lb.vrrp.advertInterval or DEFAULT_ADVERT_INTERVAL
+
+
+def derive_vrid(cluster_name: str) -> int:
+    """A VRRP router id in 1..255 derived from the cluster name.
+
+    Two clusters with different names almost always get different ids; preflight
+    listens for adverts to catch the rare collision, and the config can set one.
+    """
+    digest = hashlib.sha256(cluster_name.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 255 + 1

@@ -1,0 +1,327 @@
+"""Validation rules that can be decided from the file alone (SPEC.md "Validation rules").
+
+Each rule yields Findings: a path inside one document, what is wrong, and the fix.
+Subnet membership needs the nodes and is checked by preflight.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Iterator, NamedTuple
+
+import netaddr
+
+from bmctl.config import model
+from bmctl.config.source import format_path
+from bmctl.config.addresses import (AddressError, as_range, contains, find_overlaps, intersects,
+                                    is_buggy, parse_cidr, parse_ip, parse_pool_entry, usable_count)
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+UNIX_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+K8S_VERSION = re.compile(r"^v1\.[0-9]{1,3}\.[0-9]{1,3}$")
+RESERVED_PORTS = {model.APISERVER_PORT: "kube-apiserver", model.MEMBERLIST_PORT: "MetalLB memberlist",
+                  10250: "kubelet", 2379: "etcd", 2380: "etcd"}
+
+LB = ("spec", "loadBalancer")
+INGRESS_POOL = "bmctl-ingress-vip"  # the MetalLB pool bmctl makes for the ingress VIP
+
+
+class Finding(NamedTuple):
+    path: tuple
+    message: str
+    fix: str
+    severity: str = "error"
+    doc_index: int | None = None
+
+
+def _ip(value: str, path: tuple, out: list[Finding]) -> netaddr.IPAddress | None:
+    try:
+        return parse_ip(value)
+    except AddressError as exc:
+        out.append(Finding(path, exc.message, exc.fix))
+        return None
+
+
+def check_cluster(config: model.ClusterConfig, expected_name: str | None) -> list[Finding]:
+    out: list[Finding] = []
+    name = config.name
+    if not DNS_LABEL.match(name) or len(name) > 50:
+        out.append(Finding(("metadata", "name"), f"{name!r} is not a valid cluster name",
+                           "use at most 50 lowercase letters, digits and '-', starting and ending "
+                           "with a letter or digit"))
+    elif expected_name is not None and name != expected_name:
+        out.append(Finding(("metadata", "name"), f"the cluster is named {name!r}, but -c asked for "
+                           f"{expected_name!r}", f"set metadata.name to {expected_name!r} or pass -c {name}"))
+    ns = config.cluster.metadata.namespace
+    if ns is not None and ns != f"cluster-{name}":
+        out.append(Finding(("metadata", "namespace"), f"namespace {ns!r} does not match the cluster",
+                           f"set it to 'cluster-{name}'"))
+    if not K8S_VERSION.match(config.spec.kubernetesVersion):
+        out.append(Finding(("spec", "kubernetesVersion"),
+                           f"{config.spec.kubernetesVersion!r} is not a Kubernetes version",
+                           f"write it like {model.DEFAULT_KUBERNETES_VERSION!r}"))
+    out.extend(_check_network(config))
+    out.extend(_check_load_balancer(config))
+    user = config.spec.nodeAccess.loginUser
+    if not UNIX_USER.match(user):
+        out.append(Finding(("spec", "nodeAccess", "loginUser"), f"{user!r} is not a valid login name",
+                           "use a Unix user name (lowercase letters, digits, '_' and '-') that has "
+                           "passwordless sudo on every node"))
+    return out
+
+
+def check_header(header: model.Header) -> list[Finding]:
+    key = header.sshPrivateKeyPath
+    if key is not None and not os.path.isfile(os.path.expanduser(key)):
+        return [Finding(("sshPrivateKeyPath",), f"no file at {key!r}",
+                        "point sshPrivateKeyPath at the private key that logs in to the nodes "
+                        "(preflight will fail without it unless an SSH agent holds the key)", "warning")]
+    return []
+
+
+def _cidrs(config: model.ClusterConfig) -> Iterator[tuple[tuple, netaddr.IPNetwork | None, Finding | None]]:
+    """Each pod/service CIDR block: (path, parsed block or None, the error if it did not parse)."""
+    net = config.spec.clusterNetwork
+    for kind, blocks in (("pods", net.pods), ("services", net.services)):
+        for i, text in enumerate(blocks.cidrBlocks):
+            path = ("spec", "clusterNetwork", kind, "cidrBlocks", i)
+            try:
+                yield path, parse_cidr(text), None
+            except AddressError as exc:
+                yield path, None, Finding(path, exc.message, exc.fix)
+
+
+def _check_network(config: model.ClusterConfig) -> list[Finding]:
+    out: list[Finding] = []
+    parsed = []
+    for path, net, err in _cidrs(config):
+        if err is not None:
+            out.append(err)
+        else:
+            parsed.append((as_range(net), path))
+    for a, b in find_overlaps(parsed):
+        out.append(Finding(b, f"overlaps {format_path(a)}", "give pods and services separate, non-overlapping "
+                           "CIDR blocks"))
+    return out
+
+
+def _check_load_balancer(config: model.ClusterConfig) -> list[Finding]:
+    out: list[Finding] = []
+    lb = config.lb
+    if lb.type == "bgp":
+        out.append(Finding(LB + ("type",), "BGP load balancing is not supported yet",
+                           "use 'layer2' (the default); BGP mode will come in a later release"))
+    port = lb.ports.controlPlaneLBPort
+    if not 1 <= port <= 65535:
+        out.append(Finding(LB + ("ports", "controlPlaneLBPort"), f"{port} is not a TCP port",
+                           "use a port between 1 and 65535; 443 is usual"))
+    elif port in RESERVED_PORTS:
+        out.append(Finding(LB + ("ports", "controlPlaneLBPort"),
+                           f"port {port} is used by {RESERVED_PORTS[port]} on the nodes",
+                           "use another port for the API VIP, e.g. 443"))
+
+    cp_vip = _ip(lb.vips.controlPlaneVIP, LB + ("vips", "controlPlaneVIP"), out)
+    ingress_vip = None
+    if lb.vips.ingressVIP is not None:
+        ingress_vip = _ip(lb.vips.ingressVIP, LB + ("vips", "ingressVIP"), out)
+        if config.spec.type == "admin":
+            out.append(Finding(LB + ("vips", "ingressVIP"), "admin clusters take no ingress VIP",
+                               "remove ingressVIP (admin clusters run no ingress)"))
+        if cp_vip is not None and ingress_vip is not None and cp_vip == ingress_vip:
+            out.append(Finding(LB + ("vips", "ingressVIP"), "is the same address as controlPlaneVIP",
+                               "give the ingress Service its own address from an address pool"))
+
+    vrrp = lb.vrrp
+    if vrrp.virtualRouterID is not None and not 1 <= vrrp.virtualRouterID <= 255:
+        out.append(Finding(LB + ("vrrp", "virtualRouterID"), f"{vrrp.virtualRouterID} is out of range",
+                           "use a VRRP router id between 1 and 255, or leave it out to derive one "
+                           "from the cluster name"))
+    if vrrp.advertInterval is not None and not 0.01 <= vrrp.advertInterval <= 40.95:
+        out.append(Finding(LB + ("vrrp", "advertInterval"), f"{vrrp.advertInterval} s is out of range",
+                           "VRRPv3 adverts go from 0.01 to 40.95 seconds; leave it out for bmctl's "
+                           "measured default"))
+    if vrrp.interface is not None and not IFNAME.match(vrrp.interface):
+        out.append(Finding(LB + ("vrrp", "interface"), f"{vrrp.interface!r} is not an interface name",
+                           "use the name `ip link` shows (at most 15 letters, digits, '.', '_' or '-'), "
+                           "or leave it out to use the interface that holds the node IP"))
+
+    if lb.mode == "manual":
+        if lb.addressPools:
+            out.append(Finding(LB + ("addressPools",), "manual load balancing takes no address pools",
+                               "remove addressPools, or set mode: bundled to let bmctl run MetalLB"))
+        if lb.nodePoolSpec is not None:
+            out.append(Finding(LB + ("nodePoolSpec",), "manual load balancing runs no load-balancer nodes",
+                               "remove nodePoolSpec, or set mode: bundled"))
+        return out
+
+    pools = []  # (range, path, pool index)
+    names: dict[str, int] = {}
+    for p, pool in enumerate(lb.addressPools):
+        ppath = LB + ("addressPools", p)
+        if not DNS_SUBDOMAIN.match(pool.name) or len(pool.name) > 63:
+            out.append(Finding(ppath + ("name",), f"{pool.name!r} is not a valid pool name",
+                               "use lowercase letters, digits and '-' (it becomes a MetalLB IPAddressPool name)"))
+        if pool.name == INGRESS_POOL:
+            out.append(Finding(ppath + ("name",), f"{pool.name!r} is reserved by bmctl for the ingress VIP",
+                               "choose another pool name"))
+        if pool.name in names:
+            out.append(Finding(ppath + ("name",), f"pool name {pool.name!r} is already used by "
+                               f"addressPools[{names[pool.name]}]", "give every pool a unique name"))
+        names.setdefault(pool.name, p)
+        ranges = []
+        for a, text in enumerate(pool.addresses):
+            try:
+                rng = parse_pool_entry(text)
+            except AddressError as exc:
+                out.append(Finding(ppath + ("addresses", a), exc.message, exc.fix))
+                continue
+            ranges.append(rng)
+            pools.append((rng, ppath + ("addresses", a)))
+        if ranges and len(ranges) == len(pool.addresses) and pool.avoidBuggyIPs \
+                and usable_count(ranges, True) == 0:
+            out.append(Finding(ppath + ("avoidBuggyIPs",), "with avoidBuggyIPs every address of this pool is "
+                               "excluded (they all end in .0 or .255)",
+                               "add addresses that do not end in .0 or .255, or set avoidBuggyIPs: false"))
+
+    for a, b in find_overlaps(pools):
+        out.append(Finding(b, f"overlaps {format_path(a)}", "make the ranges disjoint: an address may belong to "
+                           "one pool entry only"))
+
+    if cp_vip is not None:
+        for rng, path in pools:
+            if contains(rng, cp_vip):
+                out.append(Finding(LB + ("vips", "controlPlaneVIP"), f"{cp_vip} lies inside {format_path(path)}",
+                                   "take the control-plane VIP out of every address pool (MetalLB would "
+                                   "hand it to a Service)"))
+    if ingress_vip is not None:
+        holders = [(rng, path) for rng, path in pools if contains(rng, ingress_vip)]
+        if not holders and len(pools) == sum(len(p.addresses) for p in lb.addressPools):
+            out.append(Finding(LB + ("vips", "ingressVIP"), f"{ingress_vip} is in no address pool",
+                               "add it to an address pool (it is reserved there for the ingress Service)"))
+        for rng, path in holders:
+            pool = lb.addressPools[path[3]]
+            if pool.avoidBuggyIPs and is_buggy(ingress_vip):
+                out.append(Finding(LB + ("vips", "ingressVIP"), f"{ingress_vip} ends in .0 or .255 and its "
+                                   f"pool {pool.name!r} has avoidBuggyIPs: true",
+                                   "pick an ingress VIP that does not end in .0 or .255"))
+
+    for path, net, _err in _cidrs(config):
+        if net is None:
+            continue
+        kind = path[2]
+        for vip, vpath in ((cp_vip, "controlPlaneVIP"), (ingress_vip, "ingressVIP")):
+            if vip is not None and vip in net:
+                out.append(Finding(LB + ("vips", vpath), f"{vip} lies inside the {kind} CIDR {net}",
+                                   f"pick a VIP outside the cluster's {kind} range"))
+        for rng, ppath in pools:
+            if intersects(rng, net):
+                out.append(Finding(ppath, f"overlaps the {kind} CIDR {net}",
+                                   f"use addresses outside the cluster's {kind} range"))
+    return out
+
+
+def _node_entries(config: model.ClusterConfig, pools: list[model.NodePool]):
+    """(pool label, document index or None, path, node) for every node entry of the file."""
+    for i, node in enumerate(config.control_plane_nodes):
+        yield "the control-plane pool", None, ("spec", "controlPlane", "nodePoolSpec", "nodes", i), node
+    if config.lb.nodePoolSpec is not None:
+        for i, node in enumerate(config.lb.nodePoolSpec.nodes):
+            yield "the load-balancer pool", None, LB + ("nodePoolSpec", "nodes", i), node
+    for d, pool in enumerate(pools):
+        for i, node in enumerate(pool.spec.nodes):
+            yield f"node pool {pool.metadata.name!r}", d, ("spec", "nodes", i), node
+
+
+def check_nodes(config: model.ClusterConfig, pools: list[model.NodePool]) -> list[Finding]:
+    out: list[Finding] = []
+    seen: dict[str, str] = {}
+    seen_ip: dict[str, str] = {}
+    node_ips: list[tuple[netaddr.IPAddress, str]] = []
+    for label, doc_index, path, node in _node_entries(config, pools):
+        local: list[Finding] = []
+        addr = _ip(node.address, path + ("address",), local)
+        k8s = _ip(node.k8sIP, path + ("k8sIP",), local) if node.k8sIP is not None else addr
+        if addr is not None:
+            if node.address in seen:
+                where = seen[node.address]
+                local.append(Finding(path + ("address",), f"{node.address} is already listed in {where}",
+                                     "list each machine in one node pool only (control plane, load "
+                                     "balancer or a worker pool)" if where != label else
+                                     "remove the duplicate entry"))
+            seen.setdefault(node.address, label)
+        if k8s is not None:
+            key = str(k8s)
+            if key in seen_ip and node.k8sIP is not None:
+                local.append(Finding(path + ("k8sIP",), f"{key} is already the IP of a node in "
+                                     f"{seen_ip[key]}", "give every node its own k8sIP"))
+            seen_ip.setdefault(key, label)
+            node_ips.append((k8s, format_path(path)))
+        out.extend(f._replace(doc_index=doc_index) for f in local)
+
+    lb = config.lb
+    vips = []
+    for key in ("controlPlaneVIP", "ingressVIP"):
+        text = getattr(lb.vips, key)
+        if text is not None:
+            try:
+                vips.append((parse_ip(text), LB + ("vips", key)))
+            except AddressError:
+                pass
+    for vip, vpath in vips:
+        for ip, where in node_ips:
+            if vip == ip:
+                out.append(Finding(vpath, f"{vip} is the IP of the node at {where}",
+                                   "pick a free address in the nodes' subnet for the VIP"))
+    if vips and vips[0][1][-1] == "controlPlaneVIP":
+        lb_families = set()
+        for node in config.lb_nodes:
+            try:
+                lb_families.add(parse_ip(node.ip).version)
+            except AddressError:
+                pass
+        if lb_families and vips[0][0].version not in lb_families:
+            out.append(Finding(vips[0][1], f"{vips[0][0]} is IPv{vips[0][0].version} but the load-balancer "
+                               f"nodes are IPv{min(lb_families)}",
+                               "use a VIP of the same family as the load-balancer nodes' IPs"))
+    if lb.mode == "bundled":
+        for p, pool in enumerate(lb.addressPools):
+            for a, text in enumerate(pool.addresses):
+                try:
+                    rng = parse_pool_entry(text)
+                except AddressError:
+                    continue
+                for ip, where in node_ips:
+                    if contains(rng, ip):
+                        out.append(Finding(LB + ("addressPools", p, "addresses", a),
+                                           f"contains {ip}, the IP of the node at {where}",
+                                           "leave node IPs out of address pools (split the range around it)"))
+    return out
+
+
+def check_node_pool_doc(config: model.ClusterConfig, pool: model.NodePool) -> list[Finding]:
+    out = []
+    if pool.spec.clusterName != config.name:
+        out.append(Finding(("spec", "clusterName"), f"names cluster {pool.spec.clusterName!r}, but the "
+                           f"Cluster document is {config.name!r}", f"set clusterName: {config.name}"))
+    if not DNS_SUBDOMAIN.match(pool.metadata.name):
+        out.append(Finding(("metadata", "name"), f"{pool.metadata.name!r} is not a valid node pool name",
+                           "use lowercase letters, digits and '-'"))
+    ns = pool.metadata.namespace
+    if ns is not None and ns != f"cluster-{config.name}":
+        out.append(Finding(("metadata", "namespace"), f"namespace {ns!r} does not match the cluster",
+                           f"set it to 'cluster-{config.name}'"))
+    return out
+
+
+def check_namespaces(config: model.ClusterConfig, namespaces: list[model.Namespace]) -> list[Finding]:
+    want = f"cluster-{config.name}"
+    if not namespaces:
+        return [Finding(("metadata",), f"the file has no Namespace document for {want!r}",
+                        f"add a document `apiVersion: v1`, `kind: Namespace`, `metadata: {{name: {want}}}` "
+                        "before the Cluster")]
+    return [Finding(("metadata", "name"), f"namespace {ns.metadata.name!r} does not match the cluster",
+                    f"name it {want!r}", doc_index=i)
+            for i, ns in enumerate(namespaces) if ns.metadata.name != want]
+

@@ -1,0 +1,15 @@
+"""The phases of `bmctl create cluster`, in order (as k0sctl structures `apply`)."""
+from bmctl.phases.base import CLUSTER, Context, Phase, PhaseNotAvailable, Step
+from bmctl.phases.controlplane_lb import ControlPlaneLB
+from bmctl.phases.dataplane_lb import DataPlaneLB
+from bmctl.phases.kubeadm import Kubeadm
+from bmctl.phases.preflight import Preflight
+from bmctl.phases.provision import Provision
+from bmctl.phases.verify import Verify
+
+
+def create_cluster_phases() -> list[Phase]:
+    return [Preflight(), Provision(), ControlPlaneLB(), Kubeadm(), DataPlaneLB(), Verify()]
+
+
+__all__ = ["CLUSTER", "Context", "Phase", "PhaseNotAvailable", "Step", "create_cluster_phases"]

@@ -1,0 +1,49 @@
+"""A command is an ordered list of phases; each phase has a title, a plan (what a dry run
+shows and writes) and a run (idempotent: a second run changes nothing)."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from bmctl.config.model import ClusterConfig
+from bmctl.render import NodeFacts, RenderedFile
+from bmctl.secrets import ClusterSecrets
+
+CLUSTER = "cluster"  # the target of steps that act on the Kubernetes API, not on one node
+
+
+@dataclass
+class Step:
+    target: str                 # a node address, or CLUSTER
+    title: str
+    files: list[RenderedFile] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    config: ClusterConfig
+    secrets: ClusterSecrets
+    facts: dict[str, NodeFacts]
+    dry_run: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class PhaseNotAvailable(Exception):
+    """Raised by a phase whose run needs a part bmctl does not have yet."""
+
+
+class Phase(ABC):
+    name: str
+    title: str
+
+    def applies(self, ctx: Context) -> bool:
+        return True
+
+    @abstractmethod
+    def plan(self, ctx: Context) -> list[Step]:
+        """Every step, per node, with the files it writes. Touches nothing."""
+
+    def run(self, ctx: Context) -> None:
+        raise PhaseNotAvailable(f"the {self.title!r} phase cannot run on machines in this version of bmctl; "
+                                "use --dry-run to see what it would do")

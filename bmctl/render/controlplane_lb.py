@@ -1,0 +1,94 @@
+"""Keepalived + HAProxy files for each load-balancer node (config -> files, nothing else)."""
+from __future__ import annotations
+
+from netaddr import IPAddress
+
+from bmctl.config.model import APISERVER_PORT, ClusterConfig, Node
+from bmctl.render import images
+from bmctl.render.engine import RenderedFile, render, sha256
+from bmctl.render.facts import NodeFacts
+
+KEEPALIVED_DIR = "/etc/keepalived"
+HAPROXY_DIR = "/etc/haproxy"
+MANIFEST_DIR = "/etc/kubernetes/manifests"
+HAPROXY_CONTAINER_DIR = "/usr/local/etc/haproxy"
+HAPROXY_HEALTH_PORT = 6445
+CHECK_SCRIPT = f"{KEEPALIVED_DIR}/check_haproxy.sh"
+
+# HAProxy timeouts: long enough that idle watches and `kubectl logs -f` are not cut.
+TIMEOUTS = {"client": "24h", "server": "24h", "tunnel": "24h"}
+BACKEND_CHECK = {"inter": "1s", "fall": 2, "rise": 2}
+TRACK_SCRIPT = {"interval": 1, "timeout": 1, "fall": 2, "rise": 2}
+
+
+def priority(config: ClusterConfig, node: Node) -> int:
+    """Distinct VRRP priorities in the order of the LB node list (first = highest)."""
+    addresses = [n.address for n in config.lb_nodes]
+    return 200 - addresses.index(node.address)
+
+
+def haproxy_cfg(config: ClusterConfig) -> str:
+    vip = IPAddress(config.lb.vips.controlPlaneVIP)
+    port = config.lb.ports.controlPlaneLBPort
+    bind = f":::{port} v4v6" if vip.version == 6 else f"*:{port}"
+    servers = [{"name": f"cp-{i + 1}", "address": f"[{n.ip}]" if ":" in n.ip else n.ip}
+               for i, n in enumerate(config.control_plane_nodes)]
+    return render("haproxy/haproxy.cfg.j2", cluster=config.name, bind=bind, health_port=HAPROXY_HEALTH_PORT,
+                  timeouts=TIMEOUTS, servers=servers, apiserver_port=APISERVER_PORT,
+                  check_inter=BACKEND_CHECK["inter"], check_fall=BACKEND_CHECK["fall"],
+                  check_rise=BACKEND_CHECK["rise"])
+
+
+def check_script() -> str:
+    return render("keepalived/check_haproxy.sh.j2", health_port=HAPROXY_HEALTH_PORT,
+                  timeout=TRACK_SCRIPT["timeout"])
+
+
+def keepalived_conf(config: ClusterConfig, node: Node, facts: NodeFacts) -> str:
+    vip = IPAddress(config.lb.vips.controlPlaneVIP)
+    peers = [n.ip for n in config.lb_nodes if n.address != node.address]
+    return render(
+        "keepalived/keepalived.conf.j2",
+        cluster=config.name,
+        router_id=f"bmctl-{config.name}-{node.ip}".replace(":", "-"),
+        instance=f"bmctl_{config.name}",
+        interface=facts.interface,
+        vrid=config.virtual_router_id,
+        priority=priority(config, node),
+        advert_int=f"{config.advert_interval:g}",
+        unicast=config.lb.vrrp.unicast,
+        node_ip=node.ip,
+        peers=peers,
+        vip=str(vip),
+        vip_prefix=vip.netmask_bits(),
+        check_script=CHECK_SCRIPT,
+        check_interval=TRACK_SCRIPT["interval"],
+        check_timeout=TRACK_SCRIPT["timeout"],
+        check_fall=TRACK_SCRIPT["fall"],
+        check_rise=TRACK_SCRIPT["rise"],
+    )
+
+
+def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[RenderedFile]:
+    """Every file bmctl writes on one LB node, in the order they must land.
+
+    Configs first, static pod manifests last: the kubelet starts a pod as soon as its
+    manifest appears, so the config it mounts must already be in place.
+    """
+    cfg = haproxy_cfg(config)
+    kconf = keepalived_conf(config, node, facts)
+    script = check_script()
+    haproxy_pod = render("haproxy/haproxy.yaml.j2", cluster=config.name, image=images.HAPROXY,
+                         config_sha256=sha256(cfg), health_port=HAPROXY_HEALTH_PORT,
+                         container_config_dir=HAPROXY_CONTAINER_DIR,
+                         container_config=f"{HAPROXY_CONTAINER_DIR}/haproxy.cfg", host_config_dir=HAPROXY_DIR)
+    keepalived_pod = render("keepalived/keepalived.yaml.j2", cluster=config.name, image=images.KEEPALIVED,
+                            config_sha256=sha256(kconf, script), container_config_dir=KEEPALIVED_DIR,
+                            host_config_dir=KEEPALIVED_DIR)
+    return [
+        RenderedFile(f"{HAPROXY_DIR}/haproxy.cfg", cfg),
+        RenderedFile(CHECK_SCRIPT, script, mode=0o755),
+        RenderedFile(f"{KEEPALIVED_DIR}/keepalived.conf", kconf),
+        RenderedFile(f"{MANIFEST_DIR}/haproxy.yaml", haproxy_pod, mode=0o600),
+        RenderedFile(f"{MANIFEST_DIR}/keepalived.yaml", keepalived_pod, mode=0o600),
+    ]

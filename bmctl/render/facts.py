@@ -1,0 +1,20 @@
+"""What renderers need to know about a node that the config does not say."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bmctl.config.model import ClusterConfig
+
+DRY_RUN_INTERFACE = "eth0"
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    interface: str  # the interface that holds the node IP (keepalived binds VRRP there)
+    assumed: bool = False  # True in a dry run: not read from the node
+
+
+def assumed_facts(config: ClusterConfig) -> dict[str, NodeFacts]:
+    """Facts for a dry run: the configured interface, else eth0 (read from the node at run time)."""
+    iface = config.lb.vrrp.interface
+    return {n.address: NodeFacts(iface or DRY_RUN_INTERFACE, assumed=iface is None) for n in config.all_nodes}

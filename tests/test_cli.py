@@ -1,0 +1,159 @@
+"""The bmctl command as a user runs it: help, templates, checks, dry runs, and clean errors."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import base_docs, dump
+
+SUBCOMMANDS = [[], ["create"], ["check"], ["create", "config"], ["create", "cluster"], ["check", "config"]]
+
+
+def bmctl(*args, cwd=None, input=None):
+    return subprocess.run([sys.executable, "-m", "bmctl", *args], capture_output=True, text=True, cwd=cwd,
+                          input=input, timeout=120)
+
+
+@pytest.mark.parametrize("sub", SUBCOMMANDS, ids=lambda s: " ".join(s) or "bmctl")
+def test_help_everywhere(sub):
+    proc = bmctl(*sub, "--help")
+    assert proc.returncode == 0 and "Usage:" in proc.stdout
+
+
+def test_shell_completion_script():
+    proc = bmctl("--show-completion", "bash")
+    assert proc.returncode == 0
+    assert "_BMCTL_COMPLETE" in proc.stdout
+
+
+def fill(text: str) -> str:
+    return (text.replace("<control-plane-node-1-ip>", "198.51.100.11")
+                .replace("<control-plane-node-2-ip>", "198.51.100.12")
+                .replace("<control-plane-node-3-ip>", "198.51.100.13")
+                .replace("<control-plane-vip>", "198.51.100.10")
+                .replace("<ingress-vip>", "198.51.100.100")
+                .replace("<first-service-ip>-<last-service-ip>", "198.51.100.100-198.51.100.120"))
+
+
+def uncomment_optional(text: str) -> str:
+    """Uncomment the template's commented YAML (LB node pool, vrrp, NodePool): every '# ' line whose
+    rest parses as a key or list item, after the first such block begins."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^(\s*)# (\s*(?:[A-Za-z]+:(?: .*)?|- address: .*|---))$", line)
+        if m:
+            line = m.group(1) + m.group(2)
+            line = re.sub(r"\s+# .*$", "", line)
+        out.append(line)
+    return ("\n".join(out) + "\n").replace("<lb-node-1-ip>", "198.51.100.21").replace(
+        "<lb-node-2-ip>", "198.51.100.22").replace("<worker-node-1-ip>", "198.51.100.31")
+
+
+def test_template_passes_once_filled_in(tmp_path):
+    proc = bmctl("create", "config", "-c", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    path = tmp_path / "bmctl-workspace/demo/demo.yaml"
+    text = path.read_text()
+    assert text.count("---") >= 2 and "kind: Cluster" in text and "kind: Namespace" in text
+    # unfilled: errors that name the placeholders' fields
+    proc = bmctl("check", "config", "-c", "demo", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "spec.loadBalancer.vips.controlPlaneVIP" in proc.stderr and "Traceback" not in proc.stderr
+    path.write_text(fill(text))
+    proc = bmctl("check", "config", "-c", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "OK" in proc.stdout
+    # the optional sections the template shows as comments are valid once uncommented
+    uncommented = uncomment_optional(fill(text))
+    path.write_text(uncommented)
+    proc = bmctl("check", "config", "-c", "demo", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + uncommented
+    assert "2 load-balancer, 1 worker" in proc.stdout
+
+
+def test_create_config_does_not_overwrite(tmp_path):
+    assert bmctl("create", "config", "-c", "demo", cwd=tmp_path).returncode == 0
+    proc = bmctl("create", "config", "-c", "demo", cwd=tmp_path)
+    assert proc.returncode == 1 and "--force" in proc.stderr
+    assert bmctl("create", "config", "-c", "demo", "--force", cwd=tmp_path).returncode == 0
+    proc = bmctl("create", "config", "-c", "Bad_Name", cwd=tmp_path)
+    assert proc.returncode == 1 and "not a valid cluster name" in proc.stderr
+
+
+def test_check_config_json(tmp_path):
+    docs = base_docs()
+    docs[2]["spec"]["loadBalancer"]["addressPools"][0]["addresses"] = ["192.0.2.150-192.0.2.100"]
+    (tmp_path / "c.yaml").write_text(dump(docs))
+    proc = bmctl("check", "config", "-c", str(tmp_path / "c.yaml"), "-o", "json")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False
+    (p,) = [p for p in report["problems"] if p["severity"] == "error"]
+    assert p["path"] == "spec.loadBalancer.addressPools[0].addresses[0]" and p["line"] > 0 and "reversed" in p["message"]
+
+
+@pytest.mark.parametrize("content", [
+    b"", b"\xff\xfe\x00garbage", b"- just\n- a list\n", b"key: [unclosed\n", b"kind: Cluster\n",
+    b"a: &a [*a]\n", b"---\n---\n", b"\x00\x01\x02",
+], ids=["empty", "binary", "list", "unclosed", "bare-cluster", "recursive-alias", "empty-docs", "nul"])
+def test_broken_files_give_clean_errors(tmp_path, content):
+    path = tmp_path / "broken.yaml"
+    path.write_bytes(content)
+    for args in (["check", "config", "-c", str(path)], ["create", "cluster", "-c", str(path), "--dry-run"]):
+        proc = bmctl(*args, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stderr
+        assert "Traceback" not in proc.stderr and "error" in proc.stderr
+        assert not (tmp_path / "bmctl-workspace").exists() or not list((tmp_path / "bmctl-workspace").rglob("*.cfg"))
+
+
+def test_missing_file(tmp_path):
+    proc = bmctl("check", "config", "-c", "nosuch", cwd=tmp_path)
+    assert proc.returncode == 1 and "not found" in proc.stderr and "bmctl create config" in proc.stderr
+
+
+def test_dry_run_layout_and_plan(tmp_path):
+    (tmp_path / "c.yaml").write_text(dump(base_docs()))
+    proc = bmctl("create", "cluster", "-c", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "bmctl-workspace/t1/dry-run"
+    for node in ("192.0.2.11", "192.0.2.12", "192.0.2.13"):
+        for path in ("etc/keepalived/keepalived.conf", "etc/haproxy/haproxy.cfg",
+                     "etc/kubernetes/manifests/keepalived.yaml", "etc/kubernetes/manifests/haproxy.yaml",
+                     "etc/kubernetes/bmctl/kubeadm.yaml"):
+            assert (out / node / path).is_file(), f"{node}/{path}"
+    assert (out / "192.0.2.21/etc/kubernetes/bmctl/kubeadm.yaml").is_file()
+    assert not (out / "192.0.2.21/etc/keepalived").exists(), "workers get no load balancer"
+    names = sorted(p.name for p in (out / "cluster").iterdir())
+    assert names == ["00-metallb-namespace.yaml", "01-metallb-crds.yaml", "02-metallb-rbac.yaml",
+                     "03-metallb-memberlist.yaml", "04-metallb-controller.yaml", "05-metallb-speaker.yaml",
+                     "06-metallb-pools.yaml", "kube-proxy-config.yaml"]
+    for phase in ("Preflight", "Node provisioning", "Control-plane load balancer", "kubeadm", "MetalLB",
+                  "Verification"):
+        assert phase in proc.stdout
+    plan = json.loads((out / "plan.json").read_text())
+    assert [p["phase"] for p in plan] == ["preflight", "provision", "control-plane-lb", "kubeadm",
+                                          "data-plane-lb", "verify"]
+    # a second dry run of a smaller config leaves no stale files behind
+    docs = base_docs()
+    del docs[3]
+    (tmp_path / "c.yaml").write_text(dump(docs))
+    assert bmctl("create", "cluster", "-c", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path).returncode == 0
+    assert not (out / "192.0.2.21").exists()
+
+
+def test_manual_mode_dry_run_has_no_load_balancer(tmp_path):
+    docs = base_docs()
+    lb = docs[2]["spec"]["loadBalancer"]
+    lb["mode"] = "manual"
+    del lb["addressPools"], lb["vips"]["ingressVIP"]
+    (tmp_path / "c.yaml").write_text(dump(docs))
+    proc = bmctl("create", "cluster", "-c", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "bmctl-workspace/t1/dry-run"
+    assert not list(out.rglob("keepalived.conf")) and not (out / "cluster").exists()
+    assert (out / "192.0.2.11/etc/kubernetes/bmctl/kubeadm.yaml").is_file()

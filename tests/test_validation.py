@@ -1,0 +1,274 @@
+"""Every validation rule: a bad config, and an error naming the field, file, line and fix."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from bmctl.config import ConfigError, load_config, parse_config
+from conftest import base_docs, dump
+
+
+def lb(docs):
+    return docs[2]["spec"]["loadBalancer"]
+
+
+def spec(docs):
+    return docs[2]["spec"]
+
+
+def problems_for(docs_or_text, tmp_path):
+    path = tmp_path / "cluster.yaml"
+    path.write_text(docs_or_text if isinstance(docs_or_text, str) else dump(docs_or_text))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return path, info.value.problems
+
+
+def test_base_config_is_valid(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(base_docs()))
+    config = load_config(path)
+    assert config.name == "t1"
+    assert [n.address for n in config.lb_nodes] == ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
+    assert [n.address for n in config.worker_nodes] == ["192.0.2.21"]
+
+
+def _set(path, value):
+    def mutate(docs):
+        target = docs
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+    return mutate
+
+
+def _del(path):
+    def mutate(docs):
+        target = docs
+        for key in path[:-1]:
+            target = target[key]
+        del target[path[-1]]
+    return mutate
+
+
+def _both(*mutations):
+    def mutate(docs):
+        for m in mutations:
+            m(docs)
+    return mutate
+
+
+LBP = (2, "spec", "loadBalancer")
+POOL0 = LBP + ("addressPools", 0)
+
+CASES = {
+    # address syntax
+    "range with spaces": (_set(POOL0 + ("addresses",), ["192.0.2.100 - 192.0.2.150"]),
+                          "spec.loadBalancer.addressPools[0].addresses[0]", "spaces around the dash"),
+    "reversed range": (_set(POOL0 + ("addresses",), ["192.0.2.150-192.0.2.100"]),
+                       "spec.loadBalancer.addressPools[0].addresses[0]", "reversed"),
+    "bare address": (_set(POOL0 + ("addresses",), ["192.0.2.100"]),
+                     "spec.loadBalancer.addressPools[0].addresses[0]", "single address"),
+    "cidr host bits": (_set(POOL0 + ("addresses",), ["192.0.2.100/28"]),
+                       "spec.loadBalancer.addressPools[0].addresses[0]", "host bits"),
+    "garbage address": (_set(POOL0 + ("addresses",), ["lots"]),
+                        "spec.loadBalancer.addressPools[0].addresses[0]", "not an IP address"),
+    # overlaps and names
+    "overlap within a pool": (_set(POOL0 + ("addresses",), ["192.0.2.100-192.0.2.150", "192.0.2.128/27"]),
+                              "spec.loadBalancer.addressPools[0].addresses[1]", "overlaps"),
+    "overlap across pools": (_set(LBP + ("addressPools", 1, "addresses"), ["192.0.2.144/28"]),
+                             "spec.loadBalancer.addressPools[1].addresses[0]",
+                             "overlaps spec.loadBalancer.addressPools[0].addresses[0]"),
+    "duplicate pool name": (_set(LBP + ("addressPools", 1, "name"), "pool1"),
+                            "spec.loadBalancer.addressPools[1].name", "already used"),
+    "invalid pool name": (_set(POOL0 + ("name",), "Pool_1"), "spec.loadBalancer.addressPools[0].name",
+                          "not a valid pool name"),
+    "reserved pool name": (_set(POOL0 + ("name",), "bmctl-ingress-vip"),
+                           "spec.loadBalancer.addressPools[0].name", "reserved"),
+    # VIPs
+    "cp vip in pool": (_set(LBP + ("vips", "controlPlaneVIP"), "192.0.2.120"),
+                       "spec.loadBalancer.vips.controlPlaneVIP", "inside spec.loadBalancer.addressPools[0]"),
+    "ingress vip in no pool": (_set(LBP + ("vips", "ingressVIP"), "192.0.2.99"),
+                               "spec.loadBalancer.vips.ingressVIP", "in no address pool"),
+    "ingress vip for admin": (_set((2, "spec", "type"), "admin"), "spec.loadBalancer.vips.ingressVIP",
+                              "admin clusters take no ingress VIP"),
+    "vip not an address": (_set(LBP + ("vips", "controlPlaneVIP"), "vip.example"),
+                           "spec.loadBalancer.vips.controlPlaneVIP", "not an IP address"),
+    "vip is a node": (_set(LBP + ("vips", "controlPlaneVIP"), "192.0.2.12"),
+                      "spec.loadBalancer.vips.controlPlaneVIP", "is the IP of the node"),
+    "vips equal": (_set(LBP + ("vips", "controlPlaneVIP"), "192.0.2.100"),
+                   "spec.loadBalancer.vips.ingressVIP", "same address as controlPlaneVIP"),
+    "vip family": (_set(LBP + ("vips", "controlPlaneVIP"), "2001:db8::10"),
+                   "spec.loadBalancer.vips.controlPlaneVIP", "IPv6 but the load-balancer nodes are IPv4"),
+    # pools vs nodes and cluster CIDRs
+    "pool holds a node": (_set(POOL0 + ("addresses",), ["192.0.2.0/26"]),
+                          "spec.loadBalancer.addressPools[0].addresses[0]", "the IP of the node"),
+    "pool overlaps services": (_set((2, "spec", "clusterNetwork", "services", "cidrBlocks"), ["192.0.2.128/25"]),
+                               "spec.loadBalancer.addressPools[0].addresses[0]", "services CIDR"),
+    "vip in pods": (_set((2, "spec", "clusterNetwork", "pods", "cidrBlocks"), ["192.0.2.0/28"]),
+                    "spec.loadBalancer.vips.controlPlaneVIP", "pods CIDR"),
+    "pods overlap services": (_set((2, "spec", "clusterNetwork", "pods", "cidrBlocks"), ["10.96.0.0/12"]),
+                              "spec.clusterNetwork", "overlaps"),
+    "bad pod cidr": (_set((2, "spec", "clusterNetwork", "pods", "cidrBlocks"), ["10.244.0.1/16"]),
+                     "spec.clusterNetwork.pods.cidrBlocks[0]", "host bits"),
+    # avoidBuggyIPs
+    "avoidBuggyIPs leaves nothing": (_set(LBP + ("addressPools", 1), {"name": "p2", "addresses": ["192.0.2.255/32"],
+                                                                      "avoidBuggyIPs": True}),
+                                     "spec.loadBalancer.addressPools[1].avoidBuggyIPs", "every address"),
+    "ingress vip buggy": (_both(_set(LBP + ("vips", "ingressVIP"), "192.0.2.0"),
+                                _set(LBP + ("controlPlaneVIP",), None),
+                                _set(POOL0, {"name": "pool1", "addresses": ["192.0.2.0/29"], "avoidBuggyIPs": True}),
+                                _del(LBP + ("controlPlaneVIP",))),
+                          "spec.loadBalancer.vips.ingressVIP", "ends in .0 or .255"),
+    # node membership
+    "node in two pools": (_set((3, "spec", "nodes"), [{"address": "192.0.2.12"}]),
+                          "NodePool 'workers': spec.nodes[0].address", "already listed in the control-plane pool"),
+    "duplicate node": (_set((2, "spec", "controlPlane", "nodePoolSpec", "nodes", 2), {"address": "192.0.2.11"}),
+                       "spec.controlPlane.nodePoolSpec.nodes[2].address", "remove the duplicate"),
+    "lb node is cp node": (_set(LBP + ("nodePoolSpec",), {"nodes": [{"address": "192.0.2.13"}]}),
+                           "spec.loadBalancer.nodePoolSpec.nodes[0].address", "one node pool only"),
+    "node address bad": (_set((3, "spec", "nodes", 0, "address"), "node-1"),
+                         "NodePool 'workers': spec.nodes[0].address", "not an IP address"),
+    "duplicate k8sIP": (_set((3, "spec", "nodes", 0, "k8sIP"), "192.0.2.11"),
+                        "NodePool 'workers': spec.nodes[0].k8sIP", "already the IP of a node"),
+    # modes, types, ports, VRRP
+    "bgp refused": (_set(LBP + ("type",), "bgp"), "spec.loadBalancer.type", "not supported yet"),
+    "unknown type": (_set(LBP + ("type",), "layer3"), "spec.loadBalancer.type", "not allowed"),
+    "manual with pools": (_set(LBP + ("mode",), "manual"), "spec.loadBalancer.addressPools", "takes no address pools"),
+    "port range": (_set(LBP + ("ports", "controlPlaneLBPort"), 70000), "spec.loadBalancer.ports.controlPlaneLBPort",
+                   "not a TCP port"),
+    "port clash": (_set(LBP + ("ports", "controlPlaneLBPort"), 6444), "spec.loadBalancer.ports.controlPlaneLBPort",
+                   "kube-apiserver"),
+    "vrid range": (_set(LBP + ("vrrp",), {"virtualRouterID": 300}), "spec.loadBalancer.vrrp.virtualRouterID",
+                   "out of range"),
+    "advert range": (_set(LBP + ("vrrp",), {"advertInterval": 0.001}), "spec.loadBalancer.vrrp.advertInterval",
+                     "out of range"),
+    "bad interface": (_set(LBP + ("vrrp",), {"interface": "eth0; reboot"}), "spec.loadBalancer.vrrp.interface",
+                      "not an interface name"),
+    # types and unknown fields
+    "typo avoidBuggyIPs": (_set(POOL0 + ("avoidBuggyIP",), True), "spec.loadBalancer.addressPools[0].avoidBuggyIP",
+                           "unknown field"),
+    "quoted bool": (_set(POOL0 + ("avoidBuggyIPs",), "yes"), "spec.loadBalancer.addressPools[0].avoidBuggyIPs",
+                    "valid boolean"),
+    "port as string": (_set(LBP + ("ports", "controlPlaneLBPort"), "443"),
+                       "spec.loadBalancer.ports.controlPlaneLBPort", "valid integer"),
+    "missing vips": (_del(LBP + ("vips",)), "spec.loadBalancer.vips", "required field is missing"),
+    "missing cp": (_del((2, "spec", "controlPlane")), "spec.controlPlane", "required field is missing"),
+    "empty node list": (_set((2, "spec", "controlPlane", "nodePoolSpec", "nodes"), []),
+                        "spec.controlPlane.nodePoolSpec.nodes", "at least 1"),
+    "bad login user": (_set((2, "spec", "nodeAccess", "loginUser"), "root; rm -rf /"), "spec.nodeAccess.loginUser",
+                       "not a valid login name"),
+    "bad k8s version": (_set((2, "spec", "kubernetesVersion"), "latest"), "spec.kubernetesVersion",
+                        "not a Kubernetes version"),
+    # documents
+    "cluster name": (_set((2, "metadata", "name"), "My_Cluster"), "metadata.name", "not a valid cluster name"),
+    "namespace mismatch": (_set((1, "metadata", "name"), "cluster-other"), "Namespace: metadata.name",
+                           "does not match"),
+    "nodepool cluster name": (_set((3, "spec", "clusterName"), "other"), "NodePool 'workers': spec.clusterName",
+                              "names cluster 'other'"),
+    "unknown kind": (_set((3, "kind"), "MachinePool"), "kind", "unknown kind"),
+    "unknown header key": (_set((0, "sshPrivateKeyPth"), "/x"), "sshPrivateKeyPth", "did you mean 'sshPrivateKeyPath'"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_rule(name, tmp_path):
+    mutate, path, fragment = CASES[name]
+    docs = base_docs()
+    mutate(docs)
+    file, problems = problems_for(docs, tmp_path)
+    errors = [p for p in problems if p.severity == "error"]
+    matching = [p for p in errors if p.path.startswith(path) and fragment in p.render()]
+    assert matching, f"no error at {path} containing {fragment!r}; got:\n" + "\n".join(p.render() for p in errors)
+    p = matching[0]
+    text = p.render()
+    # one paragraph with the field, file:line and the fix
+    assert "\n" not in text
+    assert re.search(rf"\({re.escape(str(file))}:\d+(:\d+)?\)", text), text
+    assert "Fix: " in text and len(p.fix) > 5
+
+
+def test_error_line_points_at_the_field(tmp_path):
+    docs = base_docs()
+    lb(docs)["addressPools"][1]["addresses"] = ["192.0.2.100 - 192.0.2.150"]
+    text = dump(docs)
+    file, problems = problems_for(text, tmp_path)
+    (p,) = [p for p in problems if p.path == "spec.loadBalancer.addressPools[1].addresses[0]"]
+    assert "192.0.2.100 - 192.0.2.150" in text.splitlines()[p.line - 1]
+
+
+def test_every_problem_reported_at_once(tmp_path):
+    docs = base_docs()
+    lb(docs)["addressPools"][0]["addresses"] = ["192.0.2.150-192.0.2.100"]
+    lb(docs)["addressPools"][1]["avoidBuggyIP"] = True
+    lb(docs)["type"] = "bgp"
+    spec(docs)["nodeAccess"]["loginUser"] = "Bad User"
+    _, problems = problems_for(docs, tmp_path)
+    paths = {p.path for p in problems if p.severity == "error"}
+    assert {"spec.loadBalancer.addressPools[0].addresses[0]", "spec.loadBalancer.addressPools[1].avoidBuggyIP",
+            "spec.loadBalancer.type", "spec.nodeAccess.loginUser"} <= paths
+
+
+def test_malformed_yaml_names_line(tmp_path):
+    text = dump(base_docs()).replace("mode: bundled", "mode: [bundled")
+    _, problems = problems_for(text, tmp_path)
+    assert problems[0].line is not None and "not valid YAML" in problems[0].message
+
+
+def test_duplicate_keys_are_errors(tmp_path):
+    text = dump(base_docs()).replace("    mode: bundled\n", "    mode: bundled\n    mode: manual\n")
+    _, problems = problems_for(text, tmp_path)
+    assert any("appears twice" in p.message and p.path == "spec.loadBalancer.mode" for p in problems)
+
+
+def test_missing_namespace_document(tmp_path):
+    docs = base_docs()
+    del docs[1]
+    _, problems = problems_for(docs, tmp_path)
+    assert any("no Namespace document" in p.message for p in problems)
+
+
+def test_gcp_key_paths_warn_and_are_ignored(tmp_path):
+    docs = base_docs()
+    docs[0]["gcrKeyPath"] = "/keys/gcr.json"
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(docs))
+    config = load_config(path)
+    assert any(w.path == "gcrKeyPath" and w.severity == "warning" for w in config.warnings)
+
+
+def test_manual_mode_needs_no_pools(tmp_path):
+    docs = base_docs()
+    lb(docs)["mode"] = "manual"
+    del lb(docs)["addressPools"]
+    del lb(docs)["vips"]["ingressVIP"]
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(docs))
+    assert load_config(path).bundled is False
+
+
+def test_huge_pools_validate_quickly(tmp_path):
+    docs = base_docs()
+    spec(docs)["clusterNetwork"] = {"pods": {"cidrBlocks": ["172.16.0.0/16"]},
+                                    "services": {"cidrBlocks": ["172.17.0.0/20"]}}
+    lb(docs)["addressPools"] = [
+        {"name": "huge4", "addresses": ["10.0.0.0/8"], "avoidBuggyIPs": True},
+        {"name": "huge6", "addresses": ["2001:db8::/64"]},
+        {"name": "doc", "addresses": ["192.0.2.100-192.0.2.150"]},
+    ]
+    start = time.perf_counter()
+    config = parse_config(dump(docs), "huge.yaml")
+    # Generous bound: enumerating 10.0.0.0/8 alone takes far longer; see benchmarks/ for the figure.
+    assert time.perf_counter() - start < 5
+    assert len(config.lb.addressPools) == 3
+
+
+def test_overlap_in_huge_pools_found(tmp_path):
+    docs = base_docs()
+    lb(docs)["addressPools"].append({"name": "big", "addresses": ["2001:db8::/64"]})
+    lb(docs)["addressPools"].append({"name": "big2", "addresses": ["2001:db8::ffff:0-2001:db8::ffff:ffff"]})
+    _, problems = problems_for(docs, tmp_path)
+    assert any(p.path == "spec.loadBalancer.addressPools[3].addresses[0]" and "overlaps" in p.message
+               for p in problems)
