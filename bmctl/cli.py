@@ -11,6 +11,7 @@ import typer
 from bmctl import __version__
 from bmctl.commands import cluster as cluster_cmd
 from bmctl.commands import config as config_cmd
+from bmctl.commands import lab as lab_cmd
 from bmctl.config.problems import ConfigError
 from bmctl.errors import BmctlError
 from bmctl.output import err, print_problems
@@ -22,7 +23,10 @@ app = typer.Typer(help="Bare-metal Kubernetes clusters over SSH, with bundled lo
 create_app = typer.Typer(help="Create a config template or a cluster.", no_args_is_help=True)
 check_app = typer.Typer(help="Check a config file.", no_args_is_help=True)
 app.add_typer(create_app, name="create")
+lab_app = typer.Typer(help="A lab of machines on this host (network namespaces), for trying bmctl.",
+                      no_args_is_help=True)
 app.add_typer(check_app, name="check")
+app.add_typer(lab_app, name="lab")
 
 ClusterOpt = typer.Option(..., "--cluster", "-c", help="Cluster name (bmctl-workspace/NAME/NAME.yaml) or a "
                                                         "path to a config file.")
@@ -61,13 +65,54 @@ def check_config(cluster: str = ClusterOpt, workspace: Optional[Path] = Workspac
     raise typer.Exit(config_cmd.check_config(cluster, workspace, output.value))
 
 
+AcceptKeysOpt = typer.Option(False, "--accept-new-host-keys",
+                             help="Trust and record host keys of nodes not yet in known_hosts (never a changed key).")
+ConcurrencyOpt = typer.Option(16, "--concurrency", min=1, max=256, help="How many nodes to work on at once.")
+
+
 @create_app.command("cluster")
 def create_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
                    dry_run: bool = typer.Option(False, "--dry-run", help="Render every file per node under "
                                                 "bmctl-workspace/NAME/dry-run/ and print the plan; touch no machine."),
-                   ) -> None:
+                   force: bool = typer.Option(False, "--force", help="Skip the preflight checks."),
+                   until: Optional[str] = typer.Option(None, "--until", help="Stop after this phase (preflight, "
+                                                       "provision, control-plane-lb, kubeadm, data-plane-lb, verify)."),
+                   accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
     """Preflight, node provisioning, control-plane LB, kubeadm, MetalLB and verification."""
-    cluster_cmd.create_cluster(cluster, workspace, dry_run)
+    cluster_cmd.create_cluster(cluster, workspace, dry_run, force, until, accept_new_host_keys, concurrency)
+
+
+@check_app.command("preflight")
+def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                    output: Output = typer.Option(Output.text, "--output", "-o", help="text or json."),
+                    accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+    """Check every node over SSH: sudo, OS, binaries, subnet, free VIPs and ports, VRRP id, time, swap."""
+    raise typer.Exit(cluster_cmd.check_preflight(cluster, workspace, output.value, accept_new_host_keys,
+                                                 concurrency))
+
+
+@lab_app.command("up")
+def lab_up(workspace: Optional[Path] = WorkspaceOpt,
+           control_planes: int = typer.Option(3, "--control-planes", min=1, help="Control-plane nodes."),
+           lb_nodes: int = typer.Option(2, "--lb-nodes", min=0, help="Dedicated load-balancer nodes "
+                                        "(0: the control plane runs the load balancers)."),
+           workers: int = typer.Option(1, "--workers", min=0, help="Worker nodes."),
+           host_address: bool = typer.Option(True, "--host-address/--no-host-address",
+                                             help="Give this machine 192.0.2.1 on the lab bridge.")) -> None:
+    """Start a lab: one network namespace + sshd per node; writes bmctl-workspace/lab/lab.yaml."""
+    lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address)
+
+
+@lab_app.command("down")
+def lab_down(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Remove every namespace, interface, process and file the lab made."""
+    lab_cmd.down(workspace)
+
+
+@lab_app.command("status")
+def lab_status(workspace: Optional[Path] = WorkspaceOpt) -> None:
+    """Show the lab's nodes, whether their sshd runs, and their static pods."""
+    lab_cmd.status(workspace)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -97,7 +97,7 @@ def test_static_pods_mount_the_config_they_read():
         read = re.search(rf"({re.escape(mount['mountPath'])}/\S+)", args).group(1)
         assert read.rsplit("/", 1)[1] == conf.rsplit("/", 1)[1]
     caps = yaml.safe_load(files["/etc/kubernetes/manifests/keepalived.yaml"].content)["spec"]["containers"][0]
-    assert set(caps["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW", "NET_BROADCAST"}
+    assert set(caps["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW", "NET_BROADCAST", "SYS_NICE"}
 
 
 def test_config_change_changes_the_pod_annotation():

@@ -1,18 +1,25 @@
-"""`bmctl create cluster`: the phases, in order; --dry-run renders them without touching a machine."""
+"""`bmctl create cluster` and `bmctl check preflight`: phases, in order, over SSH."""
 from __future__ import annotations
 
 from pathlib import Path
 
-from bmctl.config import load_config, resolve_path
-from bmctl.output import out, print_plan, print_problems
-from bmctl.phases import Context, create_cluster_phases
+from rich.table import Table
+
+from bmctl import runlog
+from bmctl.config import ClusterConfig, load_config, resolve_path
+from bmctl.errors import BmctlError
+from bmctl.host import AccessOptions, Inventory
+from bmctl.output import err, out, print_plan, print_problems
+from bmctl.phases import Context, Phase, create_cluster_phases
 from bmctl.phases.plan import plan, write_plan
+from bmctl.phases.preflight import checks_json, run_preflight
+from bmctl.progress import Progress
 from bmctl.render import assumed_facts
-from bmctl.secrets import ClusterSecrets
+from bmctl.secrets import ClusterSecrets, load_or_create
 from bmctl.workspace import Workspace
 
 
-def load(target: str, workspace: Path | None):
+def load(target: str, workspace: Path | None) -> tuple[ClusterConfig, Workspace]:
     root = workspace or Workspace(target).root
     path = resolve_path(target, root)
     config = load_config(path, target if path.name == f"{target}.yaml" else None)
@@ -20,9 +27,24 @@ def load(target: str, workspace: Path | None):
     return config, Workspace(config.name, root)
 
 
-def create_cluster(target: str, workspace: Path | None, dry_run: bool) -> None:
+def access(config: ClusterConfig, accept_new_host_keys: bool) -> AccessOptions:
+    return AccessOptions(user=config.spec.nodeAccess.loginUser, key_path=config.header.sshPrivateKeyPath,
+                         known_hosts=config.header.sshKnownHostsPath, accept_new_host_keys=accept_new_host_keys)
+
+
+def select(phases: list[Phase], until: str | None) -> list[Phase]:
+    if until is None:
+        return phases
+    names = [p.name for p in phases]
+    if until not in names:
+        raise BmctlError(f"--until {until!r} is not a phase.", f"use one of {', '.join(names)}.")
+    return phases[: names.index(until) + 1]
+
+
+def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bool = False,
+                   until: str | None = None, accept_new_host_keys: bool = False, concurrency: int = 16) -> None:
     config, ws = load(target, workspace)
-    phases = create_cluster_phases()
+    phases = select(create_cluster_phases(), until)
     if dry_run:
         ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=True)
         planned = plan(phases, ctx)
@@ -35,7 +57,55 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool) -> None:
                       "interface that holds each node's IP (or spec.loadBalancer.vrrp.interface).")
         out.print(f"Dry run: {len(written)} files written under {out_dir}; no machine was touched.")
         return
-    ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=False)
-    for phase in phases:
-        if phase.applies(ctx):
+    ws.ensure()
+    secrets = load_or_create(ws.secrets_path)
+    log_dir = ws.new_log_dir("create-cluster")
+    runlog.start(log_dir, secrets.values())
+    inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
+    progress = Progress()
+    ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress)
+    todo = [p for p in phases if p.applies(ctx) and not (force and p.name == "preflight")]
+    try:
+        for i, phase in enumerate(todo, 1):
+            progress.phase(i, len(todo), phase.title)
             phase.run(ctx)
+            progress.phase_done(phase.title)
+    except BaseException as exc:
+        runlog.log().error("stopped: %s", getattr(exc, "message", exc))
+        err.print(f"Logs: {log_dir}", markup=False)
+        raise
+    finally:
+        inventory.close()
+        runlog.stop()
+    changes = ctx.options.get("file_changes", {})
+    changed = sum(1 for per_host in changes.values() for c in per_host if c.status != "unchanged")
+    out.print(f"Done: {', '.join(p.name for p in todo)} on {len(config.all_nodes)} node(s); "
+              f"{changed} file(s) changed. Logs: {log_dir}")
+
+
+def check_preflight(target: str, workspace: Path | None, output: str, accept_new_host_keys: bool,
+                    concurrency: int) -> int:
+    config, ws = load(target, workspace)
+    ws.ensure()
+    log_dir = ws.new_log_dir("check-preflight")
+    runlog.start(log_dir, [])
+    inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
+    try:
+        checks, _ = run_preflight(config, inventory)
+    finally:
+        inventory.close()
+        runlog.stop()
+    failed = any(c.status == "fail" for c in checks)
+    if output == "json":
+        import json
+        out.print_json(json.dumps({"ok": not failed, "checks": checks_json(checks)}))
+    else:
+        table = Table(title=f"Preflight of cluster {config.name}")
+        for col in ("node", "check", "status", "detail"):
+            table.add_column(col)
+        style = {"ok": "green", "warn": "yellow", "fail": "bold red"}
+        for c in checks:
+            table.add_row(c.node, c.check, f"[{style[c.status]}]{c.status}[/]", c.detail)
+        out.print(table)
+        out.print("Preflight " + ("FAILED" if failed else "passed") + f". Logs: {log_dir}")
+    return 1 if failed else 0

@@ -27,6 +27,16 @@ class Context:
     facts: dict[str, NodeFacts]
     dry_run: bool = True
     options: dict[str, Any] = field(default_factory=dict)
+    inventory: Any = None   # bmctl.host.Inventory on a real run
+    progress: Any = None    # bmctl.progress.Progress on a real run
+
+    def node_facts(self, addresses: list[str]) -> dict[str, NodeFacts]:
+        """Facts read from the nodes (preflight reads them; with --force they are read here)."""
+        missing = [a for a in addresses if a not in self.facts or self.facts[a].assumed]
+        if missing:
+            from bmctl.phases.facts import gather
+            self.facts.update(gather(self.config, self.inventory, missing))
+        return {a: self.facts[a] for a in addresses}
 
 
 class PhaseNotAvailable(Exception):

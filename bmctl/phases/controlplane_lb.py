@@ -1,7 +1,26 @@
 from __future__ import annotations
 
+import json
+import time
+
+from bmctl.host import Host, HostError, sync_files
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.render import lb_node_files
+
+VIP_WAIT_SECONDS = 90
+
+
+def _holds(host: Host, vip: str) -> bool:
+    res = host.run(["ip", "-j", "addr", "show"], step="read addresses", sudo=False)
+    return any(a.get("local") == vip for link in json.loads(res.stdout) for a in link.get("addr_info", []))
+
+
+def _answers(host: Host, vip: str, port: int) -> bool:
+    """HAProxy accepts connections on VIP:port (the apiservers behind it may not be up yet)."""
+    target = f"https://[{vip}]:{port}/" if ":" in vip else f"https://{vip}:{port}/"
+    res = host.run(["curl", "-sk", "-o", "/dev/null", "--connect-timeout", "2", "--max-time", "3", target],
+                   step="reach the VIP", sudo=False, check=False)
+    return res.rc not in (7, 28)  # 7: refused, 28: timed out; anything else got past the TCP handshake
 
 
 class ControlPlaneLB(Phase):
@@ -22,3 +41,42 @@ class ControlPlaneLB(Phase):
                           f"wait until the VIP {vip} is held by one node and HAProxy answers on "
                           f"{vip}:{config.lb.ports.controlPlaneLBPort}"))
         return steps
+
+    def run(self, ctx: Context) -> None:
+        config = ctx.config
+        nodes = {n.address: n for n in config.lb_nodes}
+        facts = ctx.node_facts(list(nodes))
+
+        def write(host: Host) -> list:
+            changes = sync_files(host, lb_node_files(config, nodes[host.address], facts[host.address]))
+            counts: dict[str, int] = {}
+            for c in changes:
+                counts[c.status] = counts.get(c.status, 0) + 1
+            ctx.progress.host(host.address, "load-balancer files: " +
+                              ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+            return changes
+
+        results = ctx.inventory.parallel(list(nodes), write)
+        ctx.options["file_changes"] = {**ctx.options.get("file_changes", {}), **results}
+        self.wait_for_vip(ctx)
+
+    @staticmethod
+    def wait_for_vip(ctx: Context) -> str:
+        config = ctx.config
+        vip = config.lb.vips.controlPlaneVIP
+        port = config.lb.ports.controlPlaneLBPort
+        addresses = [n.address for n in config.lb_nodes]
+        deadline = time.monotonic() + VIP_WAIT_SECONDS
+        holders: list[str] = []
+        while time.monotonic() < deadline:
+            held = ctx.inventory.parallel(addresses, lambda h: _holds(h, vip))
+            holders = [a for a in addresses if held[a]]
+            if len(holders) == 1 and _answers(ctx.inventory[holders[0]], vip, port):
+                ctx.progress.host(holders[0], f"holds the VIP {vip}; HAProxy answers on port {port}")
+                return holders[0]
+            time.sleep(0.3)
+        state = f"held by {', '.join(holders)}" if holders else "held by no node"
+        raise HostError(addresses[0], "wait for the VIP",
+                        f"after {VIP_WAIT_SECONDS} s the VIP {vip} is {state} or HAProxy does not answer on {port}",
+                        "look at the keepalived and haproxy static pods' logs on the load-balancer nodes "
+                        "(a blocked VRRP multicast needs spec.loadBalancer.vrrp.unicast: true).")

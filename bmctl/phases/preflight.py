@@ -1,8 +1,250 @@
+"""Preflight: SSH checks of every node (in parallel), then the checks that need the L2 segment."""
 from __future__ import annotations
 
-from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT
+import re
+from dataclasses import asdict, dataclass
+
+import netaddr
+
+from bmctl.config.addresses import parse_ip, parse_pool_entry
+from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT, ClusterConfig
+from bmctl.errors import BmctlError
+from bmctl.host import Host, Inventory
+from bmctl.phases import facts as node_facts
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT
+from bmctl.render.facts import NodeFacts
+
+VRRP_LISTEN_SECONDS = 3.0
+ARP_SAMPLES_PER_RANGE = 4
+
+# Which process may already hold a port (a re-run on a node bmctl set up).
+OWN_PORT_HOLDERS = {APISERVER_PORT: "kube-apiserver", HAPROXY_HEALTH_PORT: "haproxy", MEMBERLIST_PORT: "speaker"}
+
+
+@dataclass
+class Check:
+    node: str
+    check: str
+    status: str  # ok | warn | fail
+    detail: str
+
+
+class PreflightFailed(BmctlError):
+    def __init__(self, checks: list[Check]) -> None:
+        failed = [c for c in checks if c.status == "fail"]
+        super().__init__(f"preflight found {len(failed)} problem(s): " +
+                         "; ".join(f"{c.node}: {c.check}: {c.detail}" for c in failed),
+                         "fix them and re-run, or pass --force to skip preflight (not recommended).")
+        self.checks = checks
+
+
+_NODE_SCRIPT = r'''
+for b in "$@"; do
+  if command -v "$b" >/dev/null 2>&1; then echo "bin $b ok"; else echo "bin $b missing"; fi
+done
+echo "swap $(tail -n +2 /proc/swaps | wc -l)"
+if command -v timedatectl >/dev/null 2>&1; then
+  echo "ntp $(timedatectl show -p NTPSynchronized --value 2>/dev/null || echo unknown)"
+else
+  echo "ntp unknown"
+fi
+ss -Hltnup 2>/dev/null | sed 's/^/sock /'
+'''
+
+# Captures IPv4 frames on the interface (like tcpdump, below the IP stack so nothing is filtered
+# out) and prints "source vrid version" for each VRRP (IP protocol 112) sender seen.
+_VRRP_LISTEN = r'''
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+s.bind((sys.argv[1], 0))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[2])
+seen = set()
+while time.time() < end:
+    try:
+        frame = s.recv(4096)
+    except socket.timeout:
+        continue
+    ip = frame[14:]
+    if len(ip) < 22 or ip[9] != 112:
+        continue
+    ihl = (ip[0] & 15) * 4
+    if len(ip) > ihl + 1:
+        seen.add((socket.inet_ntoa(ip[12:16]), ip[ihl + 1], ip[ihl] >> 4))
+for src, vrid, version in sorted(seen):
+    print(src, vrid, version)
+'''
+
+_ARPING = r'''
+iface=$1; shift
+if arping --help 2>&1 | grep -q Habets; then flavor=habets; else flavor=iputils; fi
+for ip; do
+  (
+    if [ $flavor = habets ]; then arping -q -C 1 -c 2 -w 2 -i "$iface" "$ip" >/dev/null 2>&1
+    else arping -q -c 2 -w 2 -I "$iface" "$ip" >/dev/null 2>&1; fi && echo "$ip"
+  ) &
+done
+wait
+'''
+
+
+def _ports(config: ClusterConfig, address: str) -> list[tuple[str, int]]:
+    ports: list[tuple[str, int]] = []
+    if address in {n.address for n in config.control_plane_nodes}:
+        ports.append(("tcp", APISERVER_PORT))
+    if config.bundled and address in {n.address for n in config.lb_nodes}:
+        ports += [("tcp", config.lb.ports.controlPlaneLBPort), ("tcp", HAPROXY_HEALTH_PORT),
+                  ("tcp", MEMBERLIST_PORT), ("udp", MEMBERLIST_PORT)]
+    return ports
+
+
+def _binaries(config: ClusterConfig, address: str) -> list[str]:
+    need = ["sh", "ip", "ss", "sha256sum", "mktemp", "stat"]
+    if config.bundled and address in {n.address for n in config.lb_nodes}:
+        need.append("curl")
+        if address == config.lb_nodes[0].address:
+            need += ["arping", "python3"]
+    return need
+
+
+def _listeners(lines: list[str]) -> dict[tuple[str, int], str]:
+    out = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        proto = parts[0]
+        local = parts[4]
+        port = local.rsplit(":", 1)[-1]
+        if not port.isdigit():
+            continue
+        owner = re.search(r'users:\(\("([^"]+)"', line)
+        out[(proto, int(port))] = owner.group(1) if owner else "?"
+    return out
+
+
+def node_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list[Check]:
+    a = host.address
+    checks = [Check(a, "ssh + sudo", "ok", f"as {host.access.user}"),
+              Check(a, "os / kernel", "ok", f"{facts.os}; {facts.kernel}")]
+    need = _binaries(config, a)
+    res = host.run(["sh", "-c", _NODE_SCRIPT, "sh", *need], step="preflight checks")
+    lines = res.stdout.splitlines()
+    missing = [l.split()[1] for l in lines if l.startswith("bin ") and l.endswith(" missing")]
+    checks.append(Check(a, "binaries", "fail" if missing else "ok",
+                        f"missing: {', '.join(missing)}" if missing else ", ".join(need)))
+    swap = next((l.split()[1] for l in lines if l.startswith("swap ")), "0")
+    checks.append(Check(a, "swap off", "fail" if swap != "0" else "ok",
+                        f"{swap} swap device(s) active: run swapoff -a and remove them from /etc/fstab"
+                        if swap != "0" else "no swap"))
+    ntp = next((l.split(" ", 1)[1] for l in lines if l.startswith("ntp ")), "unknown")
+    checks.append(Check(a, "time sync", "ok" if ntp == "yes" else "warn",
+                        "NTP synchronized" if ntp == "yes" else f"NTP synchronized: {ntp or 'unknown'} "
+                        "(certificates and etcd need synchronized clocks)"))
+    listeners = _listeners([l[5:] for l in lines if l.startswith("sock ")])
+    own = dict(OWN_PORT_HOLDERS)
+    own[config.lb.ports.controlPlaneLBPort] = "haproxy"
+    taken = []
+    for proto, port in _ports(config, a):
+        holder = listeners.get((proto, port))
+        if holder is not None and holder != own.get(port):
+            taken.append(f"{proto}/{port} (held by {holder})")
+    ports = ", ".join(f"{p}/{n}" for p, n in _ports(config, a))
+    if ports:
+        checks.append(Check(a, "ports free", "fail" if taken else "ok",
+                            f"in use: {', '.join(taken)}" if taken else ports))
+    checks.append(Check(a, "node IP", "ok", f"{config_node_ip(config, a)}/{facts.prefixlen} on {facts.interface}"))
+    return checks
+
+
+def config_node_ip(config: ClusterConfig, address: str) -> str:
+    return next(n.ip for n in config.all_nodes if n.address == address)
+
+
+def _segment(config: ClusterConfig, facts: dict[str, NodeFacts]) -> tuple[list[Check], netaddr.IPNetwork | None]:
+    first = config.lb_nodes[0].address
+    nets = {}
+    for node in config.lb_nodes:
+        f = facts[node.address]
+        nets[node.address] = netaddr.IPNetwork(f"{node.ip}/{f.prefixlen}").cidr
+    distinct = set(nets.values())
+    if len(distinct) > 1:
+        detail = ", ".join(f"{a} in {n}" for a, n in nets.items())
+        return [Check(first, "one L2 subnet", "fail", f"load-balancer nodes are in different subnets: {detail}")], None
+    net = distinct.pop()
+    checks = []
+    outside = []
+    for name, vip in (("controlPlaneVIP", config.lb.vips.controlPlaneVIP), ("ingressVIP", config.lb.vips.ingressVIP)):
+        if vip and parse_ip(vip) not in net:
+            outside.append(f"{name} {vip}")
+    for pool in config.lb.addressPools:
+        for text in pool.addresses:
+            r = parse_pool_entry(text)
+            if r.version != net.version or r.first < net.first or r.last > net.last:
+                outside.append(f"pool {pool.name} {text}")
+    checks.append(Check(first, "one L2 subnet", "fail" if outside else "ok",
+                        f"outside the load-balancer nodes' subnet {net}: {', '.join(outside)}" if outside
+                        else f"LB nodes, VIPs and pools in {net}"))
+    return checks, net
+
+
+def _arp_candidates(config: ClusterConfig) -> list[str]:
+    ips = [config.lb.vips.controlPlaneVIP]
+    if config.lb.vips.ingressVIP:
+        ips.append(config.lb.vips.ingressVIP)
+    for pool in config.lb.addressPools:
+        for text in pool.addresses:
+            r = parse_pool_entry(text)
+            if r.version != 4:
+                continue
+            n = min(r.size, ARP_SAMPLES_PER_RANGE)
+            picks = {r.first + i for i in range(n // 2 + n % 2)} | {r.last - i for i in range(n // 2)}
+            ips += [str(netaddr.IPAddress(p)) for p in sorted(picks)]
+    return list(dict.fromkeys(ips))
+
+
+def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str, NodeFacts]) -> list[Check]:
+    if not config.bundled:
+        return []
+    checks, net = _segment(config, facts)
+    first = config.lb_nodes[0]
+    host = inventory[first.address]
+    iface = facts[first.address].interface
+    held = {a.split("/")[0] for f in facts.values() for a in f.addresses}
+    candidates = [ip for ip in _arp_candidates(config) if ip not in held]
+    if net is not None and candidates:
+        res = host.run(["sh", "-c", _ARPING, "sh", iface, *candidates], step="arping VIPs and pools", timeout=60)
+        answering = sorted(set(res.stdout.split()), key=lambda s: netaddr.IPAddress(s))
+        checks.append(Check(first.address, "addresses free", "fail" if answering else "ok",
+                            f"already answering ARP: {', '.join(answering)}" if answering else
+                            f"no answer from {len(candidates)} VIP and pool address(es)"))
+    ours = {n.ip for n in config.lb_nodes}
+    vrid = config.virtual_router_id
+    res = host.run(["python3", "-c", _VRRP_LISTEN, iface, str(VRRP_LISTEN_SECONDS)],
+                   step="listen for VRRP adverts", timeout=VRRP_LISTEN_SECONDS + 30)
+    foreign = []
+    for line in res.stdout.splitlines():
+        src, rid, _version = line.split()
+        if int(rid) == vrid and src not in ours:
+            foreign.append(src)
+    checks.append(Check(first.address, "VRRP router id free", "fail" if foreign else "ok",
+                        f"virtual_router_id {vrid} is already used by VRRP router(s) {', '.join(foreign)}: set "
+                        "spec.loadBalancer.vrrp.virtualRouterID to an unused id" if foreign else
+                        f"no other router with id {vrid} in {VRRP_LISTEN_SECONDS:g} s"))
+    return checks
+
+
+def run_preflight(config: ClusterConfig, inventory: Inventory) -> tuple[list[Check], dict[str, NodeFacts]]:
+    facts = node_facts.gather(config, inventory)
+    per_node = inventory.parallel(list(facts), lambda h: node_checks(config, h, facts[h.address]))
+    checks = [c for a in facts for c in per_node[a]]
+    checks += cluster_checks(config, inventory, facts)
+    return checks, facts
+
+
+def checks_json(checks: list[Check]) -> list[dict]:
+    return [asdict(c) for c in checks]
 
 
 class Preflight(Phase):
@@ -11,24 +253,29 @@ class Preflight(Phase):
 
     def plan(self, ctx: Context) -> list[Step]:
         config = ctx.config
-        lb = {n.address for n in config.lb_nodes}
-        cps = {n.address for n in config.control_plane_nodes}
         steps = []
         for node in config.all_nodes:
             a = node.address
             steps.append(Step(a, f"SSH as {config.spec.nodeAccess.loginUser} and sudo; OS, kernel, binaries, "
                                  "time sync, swap off"))
             steps.append(Step(a, f"node IP {node.ip} present; subnet read from the node"))
-            ports = []
-            if a in cps:
-                ports.append(APISERVER_PORT)
-            if a in lb and config.bundled:
-                ports += [config.lb.ports.controlPlaneLBPort, HAPROXY_HEALTH_PORT, MEMBERLIST_PORT]
+            ports = _ports(config, a)
             if ports:
-                steps.append(Step(a, "ports free: " + ", ".join(str(p) for p in sorted(set(ports)))))
+                steps.append(Step(a, "ports free: " + ", ".join(f"{p}/{n}" for p, n in ports)))
         if config.bundled:
             first = config.lb_nodes[0].address
             steps.append(Step(first, "all load-balancer nodes, VIPs and pools in one L2 subnet"))
             steps.append(Step(first, "VIPs and pool addresses not answering ARP"))
             steps.append(Step(first, f"no other VRRP router uses virtual_router_id {config.virtual_router_id}"))
         return steps
+
+    def run(self, ctx: Context) -> None:
+        checks, facts = run_preflight(ctx.config, ctx.inventory)
+        ctx.facts.update(facts)
+        ctx.options["preflight"] = checks
+        for c in checks:
+            if c.status != "ok":
+                ctx.progress.host(c.node, f"{c.check}: {c.detail}", c.status)
+        if any(c.status == "fail" for c in checks):
+            raise PreflightFailed(checks)
+        ctx.progress.note(f"{len(checks)} checks passed on {len(facts)} node(s)")

@@ -10,8 +10,12 @@ DRY_RUN_INTERFACE = "eth0"
 
 @dataclass(frozen=True)
 class NodeFacts:
-    interface: str  # the interface that holds the node IP (keepalived binds VRRP there)
-    assumed: bool = False  # True in a dry run: not read from the node
+    interface: str              # the interface that holds the node IP (keepalived binds VRRP there)
+    assumed: bool = False       # True in a dry run: not read from the node
+    prefixlen: int | None = None  # the node IP's prefix length on that interface (its L2 subnet)
+    addresses: tuple = ()       # every address on the node, as "ip/prefix"
+    os: str = ""
+    kernel: str = ""
 
 
 def assumed_facts(config: ClusterConfig) -> dict[str, NodeFacts]:

@@ -1,0 +1,210 @@
+"""One SSH connection per host (paramiko), reused by every step; commands built from argv lists.
+
+Host keys are verified against known_hosts: an unknown host is refused (its fingerprint shown)
+unless the user accepts new keys explicitly; a changed key is always refused.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shlex
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paramiko
+
+from bmctl.errors import BmctlError
+from bmctl.runlog import log
+
+
+class HostError(BmctlError):
+    """A failure on one host: which host, which step, and the remote stderr."""
+
+    def __init__(self, host: str, step: str, message: str, fix: str | None = None) -> None:
+        super().__init__(f"{host}: {step}: {message}", fix)
+        self.host = host
+        self.step = step
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
+
+
+class _Policy(paramiko.MissingHostKeyPolicy):
+    def __init__(self, accept_new: bool, known_hosts: Path, lock: threading.Lock) -> None:
+        self.accept_new = accept_new
+        self.known_hosts = known_hosts
+        self.lock = lock
+
+    def missing_host_key(self, client, hostname, key):
+        if not self.accept_new:
+            raise HostError(hostname, "host key", f"unknown host key {key.get_name()} {fingerprint(key)} "
+                            f"(not in {self.known_hosts})",
+                            "check the fingerprint on the machine (ssh-keygen -lf /etc/ssh/ssh_host_*_key.pub), "
+                            "then add it to known_hosts (ssh-keyscan) or re-run with --accept-new-host-keys.")
+        with self.lock:
+            self.known_hosts.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            entry = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+            fd = os.open(self.known_hosts, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            with os.fdopen(fd, "a") as fh:
+                fh.write(entry)
+        log().info("accepted new host key %s %s", key.get_name(), fingerprint(key), extra={"host": hostname})
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+
+
+@dataclass
+class AccessOptions:
+    """How to reach the nodes; from the config header and the command line."""
+
+    user: str = "root"
+    key_path: str | None = None
+    known_hosts: str | None = None
+    accept_new_host_keys: bool = False
+    ssh_config: str | None = "~/.ssh/config"
+    connect_timeout: float = 10.0
+    connect_attempts: int = 3
+
+
+_known_hosts_lock = threading.Lock()
+
+
+class Host:
+    """A node reached over SSH. `run` takes an argv list; nothing is passed to a shell unquoted."""
+
+    def __init__(self, address: str, access: AccessOptions) -> None:
+        self.address = address
+        self.access = access
+        self.client: paramiko.SSHClient | None = None
+        self._lock = threading.Lock()
+
+    # -- connection -------------------------------------------------------------------------
+    def _ssh_config(self) -> dict:
+        path = os.path.expanduser(self.access.ssh_config) if self.access.ssh_config else None
+        if path and os.path.isfile(path):
+            return paramiko.SSHConfig.from_path(path).lookup(self.address)
+        return {}
+
+    def connect(self) -> paramiko.SSHClient:
+        with self._lock:
+            if self.client is not None and self.client.get_transport() and self.client.get_transport().is_active():
+                return self.client
+            cfg = self._ssh_config()
+            known = Path(os.path.expanduser(self.access.known_hosts or "~/.ssh/known_hosts"))
+            client = paramiko.SSHClient()
+            if known.exists():
+                client.load_host_keys(str(known))
+            client.set_missing_host_key_policy(_Policy(self.access.accept_new_host_keys, known, _known_hosts_lock))
+            keys = []
+            if self.access.key_path:
+                keys.append(os.path.expanduser(self.access.key_path))
+            keys += [os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
+            sock = paramiko.ProxyCommand(cfg["proxycommand"]) if "proxycommand" in cfg else None
+            last: Exception | None = None
+            for attempt in range(self.access.connect_attempts):
+                try:
+                    client.connect(cfg.get("hostname", self.address), port=int(cfg.get("port", 22)),
+                                   username=self.access.user, key_filename=keys or None, allow_agent=True,
+                                   look_for_keys=False, timeout=self.access.connect_timeout,
+                                   banner_timeout=self.access.connect_timeout,
+                                   auth_timeout=self.access.connect_timeout, sock=sock)
+                    break
+                except HostError:
+                    raise
+                except paramiko.BadHostKeyException as exc:
+                    raise HostError(self.address, "host key",
+                                    f"the host key CHANGED: known_hosts has {fingerprint(exc.expected_key)}, the "
+                                    f"host offers {fingerprint(exc.key)}; refusing to connect",
+                                    f"if the machine was reinstalled, remove its old line from {known} "
+                                    f"(ssh-keygen -R {self.address}) and verify the new key.") from None
+                except paramiko.AuthenticationException as exc:
+                    raise HostError(self.address, "ssh login", f"authentication failed for user "
+                                    f"{self.access.user!r} ({exc})",
+                                    "check sshPrivateKeyPath (or your SSH agent) and spec.nodeAccess.loginUser.") from None
+                except (OSError, socket.timeout, paramiko.SSHException) as exc:
+                    last = exc
+                    if attempt + 1 < self.access.connect_attempts:
+                        time.sleep(min(2 ** attempt, 4))
+            else:
+                raise HostError(self.address, "ssh connect", f"cannot connect after "
+                                f"{self.access.connect_attempts} attempts: {last}",
+                                "check that the node is up and that sshd listens on its address.")
+            transport = client.get_transport()
+            if transport is not None:
+                transport.set_keepalive(10)
+            self.client = client
+            log().debug("connected as %s", self.access.user, extra={"host": self.address})
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            if self.client is not None:
+                self.client.close()
+                self.client = None
+
+    # -- commands ---------------------------------------------------------------------------
+    def command_line(self, argv: list[str], sudo: bool = True) -> str:
+        cmd = shlex.join(argv)
+        if sudo and self.access.user != "root":
+            cmd = "sudo -n -- " + cmd
+        return cmd
+
+    def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin: bytes | str | None = None,
+            check: bool = True, timeout: float = 120.0, quiet_stdin: bool = True) -> Result:
+        """Run argv on the host; raise HostError (host, step, stderr) when check and rc != 0."""
+        cmd = self.command_line(argv, sudo)
+        step = step or argv[0]
+        client = self.connect()
+        log().debug("run %s", cmd, extra={"host": self.address})
+        try:
+            transport = client.get_transport()
+            if transport is None:
+                raise paramiko.SSHException("transport closed")
+            chan = transport.open_session(timeout=self.access.connect_timeout)
+            chan.settimeout(timeout)
+            chan.exec_command(cmd)
+            if stdin is not None:
+                chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
+            chan.shutdown_write()
+            out, err = bytearray(), bytearray()
+            deadline = time.monotonic() + timeout
+            while True:
+                got = False
+                if chan.recv_ready():
+                    out += chan.recv(65536)
+                    got = True
+                if chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                    got = True
+                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
+                    break
+                if time.monotonic() > deadline:
+                    chan.close()
+                    raise HostError(self.address, step, f"timed out after {timeout:.0f} s: {cmd}")
+                if not got:
+                    time.sleep(0.005)
+            rc = chan.recv_exit_status()
+            chan.close()
+        except (OSError, socket.timeout, paramiko.SSHException) as exc:
+            self.close()
+            raise HostError(self.address, step, f"connection lost: {exc}",
+                            "re-run the command when the node is reachable; every step is idempotent.") from None
+        result = Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        log().debug("rc=%d stdout=%r stderr=%r", rc, result.stdout[-2000:], result.stderr[-2000:],
+                    extra={"host": self.address})
+        if check and rc != 0:
+            if "sudo" in result.stderr and "password" in result.stderr:
+                raise HostError(self.address, step, "sudo needs a password",
+                                f"give {self.access.user} passwordless sudo on the node (NOPASSWD).")
+            detail = (result.stderr.strip() or result.stdout.strip())[-1500:]
+            raise HostError(self.address, step, f"`{cmd}` exited {rc}: {detail}")
+        return result

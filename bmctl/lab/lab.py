@@ -1,0 +1,310 @@
+"""`bmctl lab up|down|status`: a one-host stand-in for a rack of machines.
+
+One network namespace per node on one bridge (the bridge in a namespace of its own), a real sshd
+per node with private /etc/kubernetes, /etc/keepalived, /etc/haproxy (and the other folders bmctl
+writes), a client namespace, documentation-range addresses only and no route out. Optionally the
+host itself gets an address on the bridge (a route to the lab subnet only), so that bmctl, kubectl
+and curl run from the host as from an admin workstation.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from bmctl.errors import BmctlError
+
+SUBNET = "192.0.2"
+PREFIX = 24
+HOST_IP = f"{SUBNET}.1"
+CLIENT_IP = f"{SUBNET}.2"
+VIP = f"{SUBNET}.10"
+FIRST_NODE = 11
+POOL = f"{SUBNET}.100-{SUBNET}.150"
+INGRESS_VIP = f"{SUBNET}.100"
+PODS = "198.51.100.0/24"
+SERVICES = "203.0.113.0/25"
+# Folders bmctl writes on a node; each lab node gets a private copy (bind mount).
+NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
+             "/var/backups/bmctl", "/var/lib/bmctl"]
+TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl"]
+
+
+def sh(*argv: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(argv), capture_output=capture, text=True)
+    if check and proc.returncode != 0:
+        raise BmctlError(f"`{' '.join(argv)}` failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc
+
+
+@dataclass
+class LabNode:
+    name: str
+    address: str
+    role: str
+    netns: str
+
+
+class Lab:
+    """A lab whose state (keys, per-node folders, pids) lives in `state_dir`."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.state_file = self.state_dir / "lab.json"
+
+    # -- state --------------------------------------------------------------------------------
+    def load(self) -> dict:
+        if not self.state_file.exists():
+            raise BmctlError(f"no lab at {self.state_dir}.", "start one with `bmctl lab up`.")
+        return json.loads(self.state_file.read_text())
+
+    def save(self, state: dict) -> None:
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_file)
+
+    @property
+    def exists(self) -> bool:
+        return self.state_file.exists()
+
+    # -- up -----------------------------------------------------------------------------------
+    @staticmethod
+    def check_prerequisites() -> None:
+        if os.geteuid() != 0:
+            raise BmctlError("the lab needs root (it creates network namespaces and mounts).",
+                             "run `sudo bmctl lab up`.")
+        sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+        missing = [t for t in TOOLS if shutil.which(t, path=sbin) is None]
+        if not os.path.exists("/usr/sbin/sshd"):
+            missing.append("sshd")
+        if missing:
+            raise BmctlError(f"the lab needs {', '.join(missing)}.",
+                             "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux")
+
+    def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
+           config_path: Path | None = None, cluster: str = "lab") -> dict:
+        self.check_prerequisites()
+        if self.exists:
+            raise BmctlError(f"a lab already exists at {self.state_dir}.", "run `bmctl lab down` first.")
+        total = control_planes + lb_nodes + workers
+        if control_planes < 1 or total > 80:
+            raise BmctlError("a lab has 1 to 80 nodes with at least one control-plane node.")
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lab_id = uuid.uuid4().hex[:6]
+        prefix = f"bl{lab_id}"
+        state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
+                 "pids": {}, "host_veth": None, "created_dirs": [], "config": None, "cluster": cluster}
+        self.save(state)  # from here on, `down` can undo whatever was made
+        try:
+            self._keys(state)
+            self._network(state, control_planes, lb_nodes, workers, host_address)
+            self._start_nodes(state)
+            state["config"] = str(self._write_config(state, config_path))
+        except BaseException:
+            self.save(state)
+            self.down()
+            raise
+        self.save(state)
+        return state
+
+    def _keys(self, state: dict) -> None:
+        key = self.state_dir / "id_ed25519"
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"bmctl-lab-{state['id']}", "-f", str(key))
+        shutil.copy(f"{key}.pub", self.state_dir / "authorized_keys")
+        os.chmod(self.state_dir / "authorized_keys", 0o600)
+
+    def _network(self, state: dict, cps: int, lbs: int, workers: int, host_address: bool) -> None:
+        br = state["bridge_ns"]
+        sh("ip", "netns", "add", br)
+        sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
+        sh("ip", "-n", br, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
+        sh("ip", "-n", br, "link", "set", "br0", "up")
+        roles = ["control-plane"] * cps + ["load-balancer"] * lbs + ["worker"] * workers
+        for i, role in enumerate(roles):
+            name = f"n{i + 1}"
+            node = LabNode(name, f"{SUBNET}.{FIRST_NODE + i}", role, f"bl{state['id']}-{name}")
+            state["nodes"].append(node.__dict__)
+            self.save(state)
+            self._attach(br, node.netns, name, node.address)
+        self._attach(br, state["client_ns"], "client", CLIENT_IP)
+        if host_address:
+            state["host_veth"] = f"bl{state['id']}"
+            self.save(state)
+            sh("ip", "link", "add", state["host_veth"], "type", "veth", "peer", "name", "host", "netns", br)
+            sh("ip", "-n", br, "link", "set", "host", "master", "br0", "up")
+            sh("ip", "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", state["host_veth"])
+            sh("ip", "link", "set", state["host_veth"], "up")
+
+    def _attach(self, br: str, netns: str, port: str, address: str) -> None:
+        sh("ip", "netns", "add", netns)
+        sh("ip", "link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", port, "netns", br)
+        sh("ip", "-n", br, "link", "set", port, "master", "br0", "up")
+        sh("ip", "-n", netns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
+        sh("ip", "-n", netns, "link", "set", "eth0", "up")
+        sh("ip", "-n", netns, "link", "set", "lo", "up")
+
+    def _start_nodes(self, state: dict) -> None:
+        for d in NODE_DIRS:
+            if not os.path.isdir(d):
+                os.makedirs(d, exist_ok=True)
+                state["created_dirs"].append(d)
+        self.save(state)
+        known = []
+        for node in state["nodes"]:
+            ndir = self.state_dir / node["name"]
+            ndir.mkdir(mode=0o700, exist_ok=True)
+            hostkey = ndir / "ssh_host_ed25519_key"
+            sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", node["name"], "-f", str(hostkey))
+            known.append(f"{node['address']} {(ndir / 'ssh_host_ed25519_key.pub').read_text().split()[0]} "
+                         f"{(ndir / 'ssh_host_ed25519_key.pub').read_text().split()[1]}")
+            (ndir / "sshd_config").write_text("\n".join([
+                f"ListenAddress {node['address']}", "Port 22", f"HostKey {hostkey}",
+                f"PidFile {ndir / 'sshd.pid'}", f"AuthorizedKeysFile {self.state_dir / 'authorized_keys'}",
+                "PermitRootLogin prohibit-password", "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "X11Forwarding no",
+                "MaxSessions 64", "MaxStartups 64:30:128", "Subsystem sftp internal-sftp", ""]))
+            spec = {"binds": [[str(ndir / "fs" / d.strip("/").replace("/", "_")), d] for d in NODE_DIRS],
+                    "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
+                    "state_dir": str(ndir)}
+            (ndir / "node.json").write_text(json.dumps(spec, indent=2))
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--propagation", "private",
+                 sys.executable, "-m", "bmctl.lab.node", str(ndir / "node.json")],
+                stdout=open(ndir / "node.log", "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd="/")
+            state["pids"][node["name"]] = proc.pid
+            self.save(state)
+        (self.state_dir / "known_hosts").write_text("\n".join(known) + "\n")
+        deadline = time.monotonic() + 30
+        for node in state["nodes"]:
+            while not self._listening(node["netns"], 22):
+                if time.monotonic() > deadline:
+                    raise BmctlError(f"sshd of lab node {node['name']} did not start; see "
+                                     f"{self.state_dir / node['name'] / 'sshd.log'}")
+                time.sleep(0.1)
+
+    @staticmethod
+    def _listening(netns: str, port: int) -> bool:
+        out = sh("ip", "netns", "exec", netns, "ss", "-Hltn", f"sport = :{port}", check=False).stdout
+        return bool(out.strip())
+
+    def _write_config(self, state: dict, config_path: Path | None) -> Path:
+        name = state["cluster"]
+        nodes = state["nodes"]
+        cps = [{"address": n["address"]} for n in nodes if n["role"] == "control-plane"]
+        lbs = [{"address": n["address"]} for n in nodes if n["role"] == "load-balancer"]
+        workers = [{"address": n["address"]} for n in nodes if n["role"] == "worker"]
+        lb: dict = {"mode": "bundled", "type": "layer2", "ports": {"controlPlaneLBPort": 443},
+                    "vips": {"controlPlaneVIP": VIP, "ingressVIP": INGRESS_VIP},
+                    "addressPools": [{"name": "lab-services", "addresses": [POOL]}]}
+        if lbs:
+            lb["nodePoolSpec"] = {"nodes": lbs}
+        docs = [
+            {"sshPrivateKeyPath": str(self.state_dir / "id_ed25519"),
+             "sshKnownHostsPath": str(self.state_dir / "known_hosts")},
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"cluster-{name}"}},
+            {"apiVersion": "baremetal.cluster.gke.io/v1", "kind": "Cluster",
+             "metadata": {"name": name, "namespace": f"cluster-{name}"},
+             "spec": {"type": "hybrid" if workers else "standalone",
+                      "controlPlane": {"nodePoolSpec": {"nodes": cps}},
+                      "clusterNetwork": {"pods": {"cidrBlocks": [PODS]}, "services": {"cidrBlocks": [SERVICES]}},
+                      "loadBalancer": lb, "nodeAccess": {"loginUser": "root"}}},
+        ]
+        if workers:
+            docs.append({"apiVersion": "baremetal.cluster.gke.io/v1", "kind": "NodePool",
+                         "metadata": {"name": "workers", "namespace": f"cluster-{name}"},
+                         "spec": {"clusterName": name, "nodes": workers}})
+        path = config_path or self.state_dir.parent / f"{name}.yaml"
+        header = (f"# Written by `bmctl lab up` for the lab in {self.state_dir}.\n"
+                  "# Nodes are network namespaces on this machine; see README.md (The lab).\n")
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path.write_text(header + yaml.safe_dump_all(docs, sort_keys=False))
+        os.chmod(path, 0o600)
+        return path
+
+    # -- down ---------------------------------------------------------------------------------
+    def down(self) -> None:
+        state = self.load()
+        for name, pid in state.get("pids", {}).items():
+            _stop_group(pid)
+            # pods the node's kubelet stand-in started run in sessions of their own
+            for pidfile in (self.state_dir / name / "pods").glob("*.pid"):
+                try:
+                    _stop_group(int(pidfile.read_text()), timeout=5)
+                except ValueError:
+                    pass
+        for node in state.get("nodes", []):
+            sh("ip", "netns", "del", node["netns"], check=False)
+        for ns in (state.get("client_ns"), state.get("bridge_ns")):
+            if ns:
+                sh("ip", "netns", "del", ns, check=False)
+        if state.get("host_veth"):
+            sh("ip", "link", "del", state["host_veth"], check=False)
+        for d in reversed(state.get("created_dirs", [])):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        config = state.get("config")
+        if config and os.path.exists(config):
+            os.unlink(config)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    # -- status -------------------------------------------------------------------------------
+    def status(self) -> list[dict]:
+        state = self.load()
+        rows = []
+        for node in state["nodes"]:
+            pid = state["pids"].get(node["name"])
+            alive = pid is not None and _alive(pid)
+            pods = sorted(p.stem for p in (self.state_dir / node["name"] / "pods").glob("*.pid")) \
+                if (self.state_dir / node["name"] / "pods").exists() else []
+            rows.append({**node, "running": alive, "ssh": alive and self._listening(node["netns"], 22),
+                         "static_pods": pods})
+        return rows
+
+    def netns_of(self, address: str) -> str:
+        for node in self.load()["nodes"]:
+            if node["address"] == address:
+                return node["netns"]
+        raise KeyError(address)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _stop_group(pid: int, timeout: float = 15.0) -> None:
+    """SIGTERM the process group started for a node (its pods stop with it); SIGKILL if it lingers."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = 0 if _alive(pid) else pid
+        if done or not _alive(pid):
+            break
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,45 @@
+"""Facts read from the nodes over SSH (one command per node): OS, kernel, interfaces and addresses."""
+from __future__ import annotations
+
+import json
+
+from bmctl.config.model import ClusterConfig
+from bmctl.host import Host, HostError, Inventory
+from bmctl.render.facts import NodeFacts
+
+_FACTS = r'''
+uname -sr
+( . /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}" ) || echo unknown
+ip -j addr show
+'''
+
+
+def read_facts(host: Host, node_ip: str, interface: str | None) -> NodeFacts:
+    res = host.run(["sh", "-c", _FACTS], step="read node facts", sudo=False)
+    lines = res.stdout.splitlines()
+    kernel, os_name = lines[0], lines[1]
+    try:
+        links = json.loads("\n".join(lines[2:]))
+    except ValueError:
+        raise HostError(host.address, "read node facts", "`ip -j addr` gave no JSON",
+                        "install a recent iproute2 on the node.") from None
+    addresses = []
+    found: tuple[str, int] | None = None
+    for link in links:
+        for a in link.get("addr_info", []):
+            addresses.append(f"{a['local']}/{a['prefixlen']}")
+            if a.get("local") == node_ip and found is None:
+                found = (link["ifname"], a["prefixlen"])
+    if found is None:
+        raise HostError(host.address, "node IP", f"{node_ip} is not an address of this node "
+                        f"(it has {', '.join(addresses) or 'none'})",
+                        "set the node's address (or k8sIP) in the config to an IP the node holds.")
+    return NodeFacts(interface=interface or found[0], prefixlen=found[1], addresses=tuple(addresses),
+                     os=os_name, kernel=kernel)
+
+
+def gather(config: ClusterConfig, inventory: Inventory, addresses: list[str] | None = None) -> dict[str, NodeFacts]:
+    nodes = {n.address: n for n in config.all_nodes}
+    wanted = addresses or list(nodes)
+    iface = config.lb.vrrp.interface
+    return inventory.parallel(wanted, lambda h: read_facts(h, nodes[h.address].ip, iface))

@@ -1,0 +1,239 @@
+"""Test-side helpers around `bmctl lab`: run bmctl from the client namespace, probe the VIP,
+inject faults (link cuts, killed processes, stopped backends) and read every node's addresses.
+
+Everything a helper starts is stopped by pid by the fixture that started it.
+"""
+from __future__ import annotations
+
+import ctypes
+import datetime
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from bmctl.lab.lab import Lab
+
+HERE = Path(__file__).resolve().parent
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+
+
+@contextmanager
+def in_netns(name: str):
+    """Run the block's sockets in a network namespace (setns affects only the calling thread)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+        yield
+    finally:
+        _libc.setns(own, CLONE_NEWNET)
+        os.close(own)
+        os.close(target)
+
+
+def make_cert(folder: Path) -> tuple[Path, Path]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver-standin")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=2)).sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "apiserver.crt", folder / "apiserver.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+class LabHarness:
+    def __init__(self, workdir: Path, control_planes: int = 3, lb_nodes: int = 0, workers: int = 0) -> None:
+        self.workdir = workdir
+        self.workspace = workdir / "bmctl-workspace"
+        self.lab = Lab(self.workspace / "lab" / "lab-state")
+        self.sizes = (control_planes, lb_nodes, workers)
+        self.backends: dict[str, subprocess.Popen] = {}
+        self.extra: list[subprocess.Popen] = []
+        self.state: dict = {}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def up(self) -> "LabHarness":
+        (self.workspace / "lab").mkdir(parents=True, exist_ok=True)
+        self.state = self.lab.up(*self.sizes, host_address=False)
+        return self
+
+    def down(self) -> None:
+        for proc in [*self.backends.values(), *self.extra]:
+            stop(proc)
+        self.backends.clear()
+        self.extra.clear()
+        if self.lab.exists:
+            self.lab.down()
+
+    @property
+    def config(self) -> Path:
+        return Path(self.state["config"])
+
+    @property
+    def client_ns(self) -> str:
+        return self.state["client_ns"]
+
+    @property
+    def bridge_ns(self) -> str:
+        return self.state["bridge_ns"]
+
+    @property
+    def nodes(self) -> list[dict]:
+        return self.state["nodes"]
+
+    def node(self, address: str) -> dict:
+        return next(n for n in self.nodes if n["address"] == address)
+
+    def control_planes(self) -> list[dict]:
+        return [n for n in self.nodes if n["role"] == "control-plane"]
+
+    def lb_nodes(self) -> list[dict]:
+        lbs = [n for n in self.nodes if n["role"] == "load-balancer"]
+        return lbs or self.control_planes()
+
+    # -- running things -------------------------------------------------------------------------
+    def bmctl(self, *args: str, config: Path | None = None, timeout: float = 300, check: bool = False,
+              background: bool = False):
+        argv = ["ip", "netns", "exec", self.client_ns, sys.executable, "-m", "bmctl", *args]
+        if config is not None or "-c" not in args:
+            argv += ["-c", str(config or self.config)]
+        env = {**os.environ, "BMCTL_WORKSPACE": str(self.workspace), "COLUMNS": "200"}
+        if background:
+            return subprocess.Popen(argv, cwd=self.workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True, start_new_session=True)
+        proc = subprocess.run(argv, cwd=self.workdir, env=env, capture_output=True, text=True, timeout=timeout)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"bmctl {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    def start_backends(self) -> None:
+        certs = make_cert(self.lab.state_dir)
+        script = self.lab.state_dir / "kube-apiserver"
+        script.write_text(f"#!{sys.executable}\n" + (HERE / "kube-apiserver").read_text())
+        script.chmod(0o755)
+        for node in self.control_planes():
+            self.start_backend(node, script, certs)
+
+    def start_backend(self, node: dict, script: Path | None = None, certs=None) -> None:
+        script = script or self.lab.state_dir / "kube-apiserver"
+        certs = certs or (self.lab.state_dir / "apiserver.crt", self.lab.state_dir / "apiserver.key")
+        proc = subprocess.Popen(["ip", "netns", "exec", node["netns"], str(script), f"{node['address']}:6444",
+                                 node["name"], str(certs[0]), str(certs[1])], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.backends[node["address"]] = proc
+        wait_for(lambda: self.lab._listening(node["netns"], 6444), 10, f"backend on {node['name']}")
+
+    def stop_backend(self, address: str) -> None:
+        stop(self.backends.pop(address))
+
+    def start_in(self, netns: str, argv: list[str]) -> subprocess.Popen:
+        proc = subprocess.Popen(["ip", "netns", "exec", netns, *argv], start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.extra.append(proc)
+        return proc
+
+    # -- observing ------------------------------------------------------------------------------
+    def addresses(self, node: dict) -> list[str]:
+        out = subprocess.run(["ip", "-n", node["netns"], "-j", "addr", "show"], capture_output=True, text=True,
+                             check=True).stdout
+        return [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])]
+
+    def vip_holders(self, vip: str = "192.0.2.10", nodes: list[dict] | None = None) -> list[str]:
+        return [n["address"] for n in (nodes or self.nodes) if vip in self.addresses(n)]
+
+    def request(self, vip: str = "192.0.2.10", port: int = 443, path: str = "/", timeout: float = 1.0) -> str | None:
+        """GET https://vip:port/path from the client namespace; the body, or None on failure."""
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        try:
+            with in_netns(self.client_ns):
+                sock = socket.create_connection((vip, port), timeout=timeout)
+            with ctx.wrap_socket(sock) as tls:
+                tls.settimeout(timeout)
+                tls.sendall(f"GET {path} HTTP/1.1\r\nHost: {vip}\r\nConnection: close\r\n\r\n".encode())
+                data = b""
+                while True:
+                    chunk = tls.recv(4096)
+                    if not chunk:
+                        break
+                    data += chunk
+        except (OSError, ssl.SSLError):
+            return None
+        head, _, body = data.partition(b"\r\n\r\n")
+        return body.decode() if head.startswith(b"HTTP/1.1 200") else None
+
+    def wait_request(self, timeout: float = 15.0, **kw) -> float:
+        """Seconds until a request through the VIP succeeds (raises after timeout)."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.request(timeout=0.5, **kw) is not None:
+                return time.monotonic() - start
+            time.sleep(0.02)
+        raise AssertionError(f"no successful request through the VIP within {timeout} s")
+
+    def pod_pid(self, node: dict, pod: str) -> int:
+        return int((self.lab.state_dir / node["name"] / "pods" / f"{pod}_{pod}.pid").read_text())
+
+    def set_link(self, node: dict, up: bool) -> None:
+        port = node["name"]
+        subprocess.run(["ip", "-n", self.bridge_ns, "link", "set", port, "up" if up else "down"], check=True)
+
+    def node_file(self, node: dict, path: str) -> Path:
+        """A file as the node sees it (the lab keeps each node's folders under its state)."""
+        for d in ("/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d"):
+            if path.startswith(d + "/"):
+                return self.lab.state_dir / node["name"] / "fs" / d.strip("/").replace("/", "_") / path[len(d) + 1:]
+        raise KeyError(path)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=5)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def lab_prerequisites() -> list[str]:
+    missing = [t for t in ("ip", "unshare", "keepalived", "haproxy", "curl", "ssh-keygen", "arping")
+               if shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None]
+    if not os.path.exists("/usr/sbin/sshd"):
+        missing.append("sshd")
+    if os.geteuid() != 0:
+        missing.append("root")
+    return missing

@@ -1,0 +1,294 @@
+"""The control-plane VIP on a lab of real hosts: real sshd, keepalived and haproxy in network
+namespaces, bmctl run from the client namespace as from an admin workstation.
+
+Backends on :6444 are the small HTTPS stand-ins of tests/lab/kube-apiserver (real kube-apiservers
+arrive with the Kubernetes issue).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+
+import pytest
+import yaml
+
+from conftest import require
+from lab.harness import LabHarness, lab_prerequisites, stop, wait_for
+
+VIP = "192.0.2.10"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    missing = lab_prerequisites()
+    require(not missing, f"lab prerequisites: {', '.join(missing)}")
+    harness = LabHarness(tmp_path_factory.mktemp("lab"), control_planes=3)
+    try:
+        harness.up()
+        harness.start_backends()
+        yield harness
+    finally:
+        harness.down()
+
+
+@pytest.fixture(scope="module")
+def created(lab):
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def holders_settle(lab, nodes=None, timeout=10.0):
+    return wait_for(lambda: (lambda h: h if len(h) == 1 else None)(lab.vip_holders(VIP, nodes)), timeout,
+                    "exactly one VIP holder")
+
+
+def test_preflight_catches_a_foreign_vrrp_router(lab, tmp_path):
+    """Before the cluster exists, another VRRP router on the segment already uses our id."""
+    from bmctl.config.model import derive_vrid
+    vrid = derive_vrid("lab")
+    conf = tmp_path / "foreign.conf"
+    conf.write_text(f"""global_defs {{
+    router_id foreign
+    vrrp_version 3
+}}
+vrrp_instance foreign {{
+    state BACKUP
+    interface eth0
+    virtual_router_id {vrid}
+    priority 254
+    advert_int 0.5
+    virtual_ipaddress {{
+        192.0.2.70/32
+    }}
+}}
+""")
+    proc = lab.start_in(lab.client_ns, ["keepalived", "--dont-fork", "--vrrp", "-f", str(conf),
+                                        "-p", str(tmp_path / "k.pid"), "-r", str(tmp_path / "v.pid")])
+    try:
+        time.sleep(2.5)  # becomes MASTER and sends adverts with our id
+        res = lab.bmctl("check", "preflight", "-o", "json")
+        assert res.returncode == 1, res.stdout
+        assert "192.0.2.2" in failed_checks(res)["VRRP router id free"]
+    finally:
+        lab.extra.remove(proc)
+        stop(proc)
+
+
+def test_create_brings_up_the_vip(lab, created):
+    out = created.stdout
+    for phase in ("Preflight checks", "Node provisioning", "Control-plane load balancer"):
+        assert phase in out
+    assert "holds the VIP 192.0.2.10" in out
+    # from the client namespace, through the VIP, HAProxy reaches a backend on :6444
+    bodies = {lab.request(path="/who") for _ in range(9)}
+    assert bodies <= {"n1", "n2", "n3"} and bodies, bodies
+    assert lab.request(path="/readyz") == "ok"
+    assert len(lab.vip_holders(VIP)) == 1
+    # logs: one file per host plus the whole run
+    logs = sorted((lab.workspace / "lab" / "log").glob("create-cluster-*"))[-1]
+    assert (logs / "run.log").exists() and (logs / "192.0.2.11.log").exists()
+
+
+def test_files_on_nodes_match_the_dry_run(lab, created):
+    proc = lab.bmctl("create", "cluster", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    dry = lab.workspace / "lab" / "dry-run"
+    for node in lab.control_planes():
+        for path in ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf",
+                     "/etc/kubernetes/manifests/haproxy.yaml", "/etc/kubernetes/manifests/keepalived.yaml"):
+            assert lab.node_file(node, path).read_text() == (dry / node["address"] / path.lstrip("/")).read_text()
+        assert oct(lab.node_file(node, "/etc/kubernetes/manifests/haproxy.yaml").stat().st_mode & 0o777) == "0o600"
+        assert lab.node_file(node, "/etc/keepalived/check_haproxy.sh").stat().st_mode & 0o111
+
+
+def test_second_run_changes_nothing(lab, created):
+    pids = {n["name"]: (lab.pod_pid(n, "keepalived"), lab.pod_pid(n, "haproxy")) for n in lab.control_planes()}
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 file(s) changed" in proc.stdout
+    assert proc.stdout.count("load-balancer files: 5 unchanged") == 3
+    time.sleep(1.5)  # a restart would show up as a new pid
+    assert {n["name"]: (lab.pod_pid(n, "keepalived"), lab.pod_pid(n, "haproxy")) for n in lab.control_planes()} == pids
+
+
+def test_preflight_passes_on_the_running_cluster(lab, created):
+    proc = lab.bmctl("check", "preflight", "-o", "json")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = yaml.safe_load(proc.stdout)
+    assert report["ok"] is True
+    assert {c["check"] for c in report["checks"]} >= {"ssh + sudo", "ports free", "one L2 subnet",
+                                                       "addresses free", "VRRP router id free"}
+
+
+def master(lab) -> dict:
+    (address,) = holders_settle(lab)
+    return lab.node(address)
+
+
+def test_failover_on_link_cut(lab, created):
+    old = master(lab)
+    lab.set_link(old, up=False)
+    try:
+        took = lab.wait_request(timeout=15)
+        others = [n for n in lab.control_planes() if n is not old]
+        (new,) = holders_settle(lab, others)
+        assert new != old["address"]
+        assert took < 10
+    finally:
+        lab.set_link(old, up=True)
+    # back on the segment, the isolated old master hears the new one and steps down: one holder
+    holders_settle(lab, timeout=15)
+    lab.wait_request(timeout=10)
+
+
+def test_failover_when_keepalived_is_killed(lab, created):
+    old = master(lab)
+    os.kill(lab.pod_pid(old, "keepalived"), signal.SIGKILL)
+    lab.wait_request(timeout=15)
+    # the kubelet stand-in restarts keepalived; the VIP ends on exactly one node
+    wait_for(lambda: lab.pod_pid(old, "keepalived"), 10, "keepalived restarted")
+    holders_settle(lab, timeout=20)
+    lab.wait_request(timeout=10)
+
+
+def test_vip_leaves_a_node_whose_haproxy_hangs(lab, created):
+    """The anchors' failure: keepalived kept the VIP on a node whose HAProxy was dead. A hung
+    HAProxy (SIGSTOP) fails the track script, the node goes to FAULT and the VIP moves."""
+    old = master(lab)
+    pid = lab.pod_pid(old, "haproxy")
+    os.killpg(os.getpgid(pid), signal.SIGSTOP)
+    try:
+        (new,) = wait_for(lambda: (lambda h: h if len(h) == 1 and h[0] != old["address"] else None)(
+            lab.vip_holders(VIP)), 15, "the VIP to leave the node with the hung HAProxy")
+        lab.wait_request(timeout=10)
+    finally:
+        os.killpg(os.getpgid(pid), signal.SIGCONT)
+    holders_settle(lab)
+
+
+def test_failover_when_haproxy_is_killed(lab, created):
+    old = master(lab)
+    os.kill(lab.pod_pid(old, "haproxy"), signal.SIGKILL)
+    lab.wait_request(timeout=15)
+    holders_settle(lab, timeout=15)
+
+
+def test_a_stopped_backend_is_taken_out(lab, created):
+    lab.stop_backend("192.0.2.12")
+    try:
+        time.sleep(3)  # HAProxy's check: inter 1s, fall 2
+        bodies = [lab.request(path="/who") for _ in range(20)]
+        assert None not in bodies and "n2" not in bodies, bodies
+    finally:
+        lab.start_backend(lab.node("192.0.2.12"))
+
+
+def write_variant(lab, mutate, name: str):
+    docs = list(yaml.safe_load_all(lab.config.read_text()))
+    mutate(docs)
+    path = lab.config.parent / name
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
+def failed_checks(proc) -> dict:
+    report = yaml.safe_load(proc.stdout)
+    return {c["check"]: c["detail"] for c in report["checks"] if c["status"] == "fail"}
+
+
+def test_preflight_catches_a_vip_outside_the_subnet(lab, created):
+    def mutate(docs):
+        docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "203.0.113.200"
+    path = write_variant(lab, mutate, "outside.yaml")
+    assert lab.bmctl("check", "config", config=path).returncode == 0  # the file alone cannot tell
+    proc = lab.bmctl("check", "preflight", "-o", "json", config=path)
+    assert proc.returncode == 1
+    assert "203.0.113.200" in failed_checks(proc)["one L2 subnet"]
+
+
+def test_preflight_catches_a_vip_in_use(lab, created):
+    subprocess.run(["ip", "-n", lab.client_ns, "addr", "add", "192.0.2.60/24", "dev", "eth0"], check=True)
+    try:
+        def mutate(docs):
+            docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "192.0.2.60"
+        proc = lab.bmctl("check", "preflight", "-o", "json", config=write_variant(lab, mutate, "inuse.yaml"))
+        assert proc.returncode == 1
+        assert "192.0.2.60" in failed_checks(proc)["addresses free"]
+    finally:
+        subprocess.run(["ip", "-n", lab.client_ns, "addr", "del", "192.0.2.60/24", "dev", "eth0"], check=True)
+
+
+def test_preflight_catches_a_taken_port(lab, created):
+    node = lab.control_planes()[1]
+    proc = lab.start_in(node["netns"], ["python3", "-m", "http.server", "7946", "--bind", node["address"]])
+    try:
+        wait_for(lambda: lab.lab._listening(node["netns"], 7946), 10, "listener on 7946")
+        res = lab.bmctl("check", "preflight", "-o", "json")
+        assert res.returncode == 1
+        failed = {c["node"]: c["detail"] for c in yaml.safe_load(res.stdout)["checks"] if c["status"] == "fail"}
+        assert "tcp/7946" in failed[node["address"]]
+    finally:
+        lab.extra.remove(proc)
+        stop(proc)
+
+
+def test_unknown_host_keys_are_refused_unless_accepted(lab, created, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+
+    def mutate(docs):
+        docs[0]["sshKnownHostsPath"] = str(known)
+    path = write_variant(lab, mutate, "unknown-keys.yaml")
+    proc = lab.bmctl("check", "preflight", config=path)
+    assert proc.returncode == 1
+    assert re.search(r"unknown host key ssh-ed25519 SHA256:\S+", proc.stderr), proc.stderr
+    assert "--accept-new-host-keys" in proc.stderr and "Traceback" not in proc.stderr
+    proc = lab.bmctl("check", "preflight", "--accept-new-host-keys", config=path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(known.read_text().splitlines()) == 3
+
+
+def test_changed_host_key_is_always_refused(lab, created, tmp_path):
+    real = (lab.lab.state_dir / "known_hosts").read_text().splitlines()
+    forged = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "forged")],
+                            check=True)
+    del forged
+    fake_key = (tmp_path / "forged.pub").read_text().split()[1]
+    first = real[0].split()
+    known = tmp_path / "known_hosts"
+    known.write_text("\n".join([f"{first[0]} ssh-ed25519 {fake_key}", *real[1:]]) + "\n")
+
+    def mutate(docs):
+        docs[0]["sshKnownHostsPath"] = str(known)
+    path = write_variant(lab, mutate, "changed-key.yaml")
+    proc = lab.bmctl("check", "preflight", "--accept-new-host-keys", config=path)
+    assert proc.returncode == 1
+    assert "CHANGED" in proc.stderr and first[0] in proc.stderr
+
+
+def test_killed_run_converges(lab, created):
+    """bmctl killed in the middle of writing configs; the next run converges with nothing half-written."""
+    def mutate(docs):
+        docs[2]["spec"]["loadBalancer"]["ports"]["controlPlaneLBPort"] = 8443
+    path = write_variant(lab, mutate, "port-8443.yaml")
+    # Copy the workspace name: the variant is the same cluster "lab"
+    run = lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb", config=path, background=True)
+    wait_for(lambda: any("8443" in lab.node_file(n, "/etc/haproxy/haproxy.cfg").read_text()
+                         for n in lab.control_planes()), 60, "the first rewritten haproxy.cfg", interval=0.01)
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb", config=path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for node in lab.control_planes():
+        folder = lab.node_file(node, "/etc/kubernetes/manifests/haproxy.yaml").parent
+        assert not [p for p in folder.iterdir() if p.name.startswith(".bmctl.")]
+        assert "bind *:8443" in lab.node_file(node, "/etc/haproxy/haproxy.cfg").read_text()
+    assert lab.wait_request(port=8443, timeout=20) < 20
+    # and back to the original config
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lab.wait_request(timeout=20)
