@@ -85,10 +85,12 @@ def create_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = Worksp
 @check_app.command("preflight")
 def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
                     output: Output = typer.Option(Output.text, "--output", "-o", help="text or json."),
-                    accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+                    accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt,
+                    until: Optional[str] = typer.Option(None, "--until", help="Check only what the phases up to "
+                                                        "this one need (e.g. control-plane-lb: no kubeadm).")) -> None:
     """Check every node over SSH: sudo, OS, binaries, subnet, free VIPs and ports, VRRP id, time, swap."""
     raise typer.Exit(cluster_cmd.check_preflight(cluster, workspace, output.value, accept_new_host_keys,
-                                                 concurrency))
+                                                 concurrency, until))
 
 
 @lab_app.command("up")

@@ -70,7 +70,7 @@ vrrp_instance foreign {{
                                         "-p", str(tmp_path / "k.pid"), "-r", str(tmp_path / "v.pid")])
     try:
         time.sleep(2.5)  # becomes MASTER and sends adverts with our id
-        res = lab.bmctl("check", "preflight", "-o", "json")
+        res = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json")
         assert res.returncode == 1, res.stdout
         assert "192.0.2.2" in failed_checks(res)["VRRP router id free"]
     finally:
@@ -116,7 +116,7 @@ def test_second_run_changes_nothing(lab, created):
 
 
 def test_preflight_passes_on_the_running_cluster(lab, created):
-    proc = lab.bmctl("check", "preflight", "-o", "json")
+    proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = yaml.safe_load(proc.stdout)
     assert report["ok"] is True
@@ -205,7 +205,7 @@ def test_preflight_catches_a_vip_outside_the_subnet(lab, created):
         docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "203.0.113.200"
     path = write_variant(lab, mutate, "outside.yaml")
     assert lab.bmctl("check", "config", config=path).returncode == 0  # the file alone cannot tell
-    proc = lab.bmctl("check", "preflight", "-o", "json", config=path)
+    proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json", config=path)
     assert proc.returncode == 1
     assert "203.0.113.200" in failed_checks(proc)["one L2 subnet"]
 
@@ -215,7 +215,7 @@ def test_preflight_catches_a_vip_in_use(lab, created):
     try:
         def mutate(docs):
             docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "192.0.2.60"
-        proc = lab.bmctl("check", "preflight", "-o", "json", config=write_variant(lab, mutate, "inuse.yaml"))
+        proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json", config=write_variant(lab, mutate, "inuse.yaml"))
         assert proc.returncode == 1
         assert "192.0.2.60" in failed_checks(proc)["addresses free"]
     finally:
@@ -227,7 +227,7 @@ def test_preflight_catches_a_taken_port(lab, created):
     proc = lab.start_in(node["netns"], ["python3", "-m", "http.server", "7946", "--bind", node["address"]])
     try:
         wait_for(lambda: lab.lab._listening(node["netns"], 7946), 10, "listener on 7946")
-        res = lab.bmctl("check", "preflight", "-o", "json")
+        res = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json")
         assert res.returncode == 1
         failed = {c["node"]: c["detail"] for c in yaml.safe_load(res.stdout)["checks"] if c["status"] == "fail"}
         assert "tcp/7946" in failed[node["address"]]
@@ -243,20 +243,18 @@ def test_unknown_host_keys_are_refused_unless_accepted(lab, created, tmp_path):
     def mutate(docs):
         docs[0]["sshKnownHostsPath"] = str(known)
     path = write_variant(lab, mutate, "unknown-keys.yaml")
-    proc = lab.bmctl("check", "preflight", config=path)
+    proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", config=path)
     assert proc.returncode == 1
     assert re.search(r"unknown host key ssh-ed25519 SHA256:\S+", proc.stderr), proc.stderr
     assert "--accept-new-host-keys" in proc.stderr and "Traceback" not in proc.stderr
-    proc = lab.bmctl("check", "preflight", "--accept-new-host-keys", config=path)
+    proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "--accept-new-host-keys", config=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(known.read_text().splitlines()) == 3
 
 
 def test_changed_host_key_is_always_refused(lab, created, tmp_path):
     real = (lab.lab.state_dir / "known_hosts").read_text().splitlines()
-    forged = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "forged")],
-                            check=True)
-    del forged
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "forged")], check=True)
     fake_key = (tmp_path / "forged.pub").read_text().split()[1]
     first = real[0].split()
     known = tmp_path / "known_hosts"
@@ -265,7 +263,7 @@ def test_changed_host_key_is_always_refused(lab, created, tmp_path):
     def mutate(docs):
         docs[0]["sshKnownHostsPath"] = str(known)
     path = write_variant(lab, mutate, "changed-key.yaml")
-    proc = lab.bmctl("check", "preflight", "--accept-new-host-keys", config=path)
+    proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "--accept-new-host-keys", config=path)
     assert proc.returncode == 1
     assert "CHANGED" in proc.stderr and first[0] in proc.stderr
 

@@ -1,6 +1,7 @@
 """`bmctl create cluster` and `bmctl check preflight`: phases, in order, over SSH."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from rich.table import Table
@@ -63,7 +64,9 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bo
     runlog.start(log_dir, secrets.values())
     inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
     progress = Progress()
-    ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress)
+    ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress,
+                  options={"kubeconfig_path": ws.kubeconfig_path,
+                           "kubernetes": any(p.name == "kubeadm" for p in phases)})
     todo = [p for p in phases if p.applies(ctx) and not (force and p.name == "preflight")]
     try:
         for i, phase in enumerate(todo, 1):
@@ -81,23 +84,25 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bo
     changed = sum(1 for per_host in changes.values() for c in per_host if c.status != "unchanged")
     out.print(f"Done: {', '.join(p.name for p in todo)} on {len(config.all_nodes)} node(s); "
               f"{changed} file(s) changed. Logs: {log_dir}")
+    if ws.kubeconfig_path.exists() and any(p.name == "kubeadm" for p in todo):
+        out.print(f"Kubeconfig: {ws.kubeconfig_path} (kubectl --kubeconfig {ws.kubeconfig_path} get nodes)")
 
 
 def check_preflight(target: str, workspace: Path | None, output: str, accept_new_host_keys: bool,
-                    concurrency: int) -> int:
+                    concurrency: int, until: str | None = None) -> int:
     config, ws = load(target, workspace)
+    kubernetes = any(p.name == "kubeadm" for p in select(create_cluster_phases(), until))
     ws.ensure()
     log_dir = ws.new_log_dir("check-preflight")
     runlog.start(log_dir, [])
     inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
     try:
-        checks, _ = run_preflight(config, inventory)
+        checks, _ = run_preflight(config, inventory, kubernetes)
     finally:
         inventory.close()
         runlog.stop()
     failed = any(c.status == "fail" for c in checks)
     if output == "json":
-        import json
         out.print_json(json.dumps({"ok": not failed, "checks": checks_json(checks)}))
     else:
         table = Table(title=f"Preflight of cluster {config.name}")

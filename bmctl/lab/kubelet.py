@@ -69,7 +69,7 @@ class Container:
     proc: subprocess.Popen | None = None
     restarts: int = 0
     next_start: float = 0.0
-    log_path: Path | None = field(default=None)
+    env: dict = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -101,6 +101,7 @@ class Runner:
         self.manifests = manifests
         self.poll = poll
         self.containers: dict[str, Container] = {}
+        self.cluster_containers: dict[str, Container] = {}  # set by the cluster agent (workloads.py)
         self.stopping = threading.Event()
         (state_dir / "pods").mkdir(parents=True, exist_ok=True)
 
@@ -115,8 +116,9 @@ class Runner:
             return
         argv += ["--", *c.argv]
         log = open(self.state_dir / "pods" / f"{c.key}.log", "ab")
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", **c.env}
         c.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                  start_new_session=True)
+                                  start_new_session=True, env=env)
         log.close()
         (self.state_dir / "pods" / f"{c.key}.pid").write_text(f"{c.proc.pid}\n")
         self._note(c, f"started pid {c.proc.pid}: {' '.join(c.argv)}")
@@ -150,6 +152,7 @@ class Runner:
                         wanted[c.key] = c
                 except Exception:  # noqa: BLE001 - a kubelet skips manifests it cannot read
                     continue
+        wanted.update(self.cluster_containers)
         for key, c in list(self.containers.items()):
             if key not in wanted or wanted[key].digest != c.digest:
                 self._note(c, "manifest removed" if key not in wanted else "manifest changed: restarting")

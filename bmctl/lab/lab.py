@@ -35,7 +35,10 @@ PODS = "198.51.100.0/24"
 SERVICES = "203.0.113.0/25"
 # Folders bmctl writes on a node; each lab node gets a private copy (bind mount).
 NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
-             "/var/backups/bmctl", "/var/lib/bmctl"]
+             "/var/backups/bmctl", "/var/lib/bmctl", "/var/lib/etcd"]
+# Every node sees the lab's bin folder as /usr/local/bin: the kubeadm stand-in and the binaries
+# built from their Go modules (bmctl/lab/binaries.py), under the names their pods use.
+BIN_DIR = "/usr/local/bin"
 TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl"]
 
 
@@ -152,7 +155,24 @@ class Lab:
         sh("ip", "-n", netns, "link", "set", "eth0", "up")
         sh("ip", "-n", netns, "link", "set", "lo", "up")
 
+    def _bin(self) -> None:
+        """The lab's /usr/local/bin: kubeadm (stand-in) and the Go-built binaries that are present."""
+        from bmctl.lab import binaries
+        bin_dir = self.state_dir / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        shared = self.state_dir / "shared"
+        shared.mkdir(exist_ok=True)
+        (bin_dir / "kubeadm").write_text(f"#!/bin/sh\nBMCTL_LAB_SHARED={shared} exec {sys.executable} "
+                                         f"-m bmctl.lab.kubeadm_standin \"$@\"\n")
+        (bin_dir / "kubeadm").chmod(0o755)
+        for name, target in (("etcd", "etcd"), ("kube-apiserver", "kube-apiserver"), ("kube-proxy", "kube-proxy"),
+                             ("metallb-controller", "metallb-controller"), ("metallb-speaker", "metallb-speaker")):
+            built = binaries.binary(target)
+            if built.exists():
+                (bin_dir / name).symlink_to(built)
+
     def _start_nodes(self, state: dict) -> None:
+        self._bin()
         for d in NODE_DIRS:
             if not os.path.isdir(d):
                 os.makedirs(d, exist_ok=True)
@@ -172,12 +192,14 @@ class Lab:
                 "PermitRootLogin prohibit-password", "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "X11Forwarding no",
                 "MaxSessions 64", "MaxStartups 64:30:128", "Subsystem sftp internal-sftp", ""]))
-            spec = {"binds": [[str(ndir / "fs" / d.strip("/").replace("/", "_")), d] for d in NODE_DIRS],
+            spec = {"binds": [[str(ndir / "fs" / d.strip("/").replace("/", "_")), d] for d in NODE_DIRS]
+                     + [[str(self.state_dir / "bin"), BIN_DIR]],
+                    "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
                     "state_dir": str(ndir)}
             (ndir / "node.json").write_text(json.dumps(spec, indent=2))
             proc = subprocess.Popen(
-                ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--propagation", "private",
+                ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--uts", "--propagation", "private",
                  sys.executable, "-m", "bmctl.lab.node", str(ndir / "node.json")],
                 stdout=open(ndir / "node.log", "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, cwd="/")

@@ -16,10 +16,13 @@ import threading
 from pathlib import Path
 
 from bmctl.lab.kubelet import Runner
+from bmctl.lab.workloads import ClusterAgent
 
 
 def main(state_file: str) -> None:
     spec = json.loads(Path(state_file).read_text())
+    if spec.get("hostname"):  # own UTS namespace: kubeadm names the node after it
+        subprocess.run(["hostname", spec["hostname"]], check=True)
     for src, dst in spec["binds"]:
         Path(src).mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "--bind", src, dst], check=True)
@@ -38,6 +41,8 @@ def main(state_file: str) -> None:
     signal.signal(signal.SIGINT, _term)
     thread = threading.Thread(target=runner.run, daemon=True)
     thread.start()
+    agent = ClusterAgent(runner, Path(spec["state_dir"]))
+    threading.Thread(target=agent.run, args=(stop,), daemon=True).start()
     while not stop.wait(0.5):
         if sshd.poll() is not None:  # keep the node reachable
             sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],

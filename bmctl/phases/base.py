@@ -55,5 +55,6 @@ class Phase(ABC):
         """Every step, per node, with the files it writes. Touches nothing."""
 
     def run(self, ctx: Context) -> None:
-        raise PhaseNotAvailable(f"the {self.title!r} phase cannot run on machines in this version of bmctl; "
-                                "use --dry-run to see what it would do")
+        raise PhaseNotAvailable(f"the {self.title!r} phase cannot run on machines in this version of bmctl "
+                                f"(the phases before it are done). Use --until with an earlier phase to stop "
+                                f"before it, or --dry-run to see what it would do.")

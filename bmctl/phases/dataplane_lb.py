@@ -1,9 +1,46 @@
 from __future__ import annotations
 
+import yaml
+
 from bmctl.config.model import LB_NODE_LABEL
+from bmctl.kube import Kube, wait
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
 from bmctl.render import kube_proxy_config, metallb_manifests
 from bmctl.render.engine import RenderedFile
+from bmctl.render.metallb import NAMESPACE
+
+WAIT_SECONDS = 300
+
+
+def node_names_by_ip(kube: Kube) -> dict[str, str]:
+    out = {}
+    for node in kube.core().list_node().items:
+        for addr in node.status.addresses or []:
+            if addr.type == "InternalIP":
+                out[addr.address] = node.metadata.name
+    return out
+
+
+def label_lb_nodes(ctx: Context, kube: Kube) -> list[str]:
+    """Label the LB nodes, and only them, baremetal.cluster.gke.io/lbnode=true."""
+    wanted_ips = {n.ip for n in ctx.config.lb_nodes}
+    names = wait("every load-balancer node to register",
+                 lambda: (lambda m: m if wanted_ips <= set(m) else None)(node_names_by_ip(kube)), WAIT_SECONDS, 2)
+    lb_names = {names[ip] for ip in wanted_ips}
+    core = kube.core()
+    for node in core.list_node().items:
+        has = (node.metadata.labels or {}).get(LB_NODE_LABEL) == "true"
+        if node.metadata.name in lb_names and not has:
+            core.patch_node(node.metadata.name, {"metadata": {"labels": {LB_NODE_LABEL: "true"}}})
+        elif node.metadata.name not in lb_names and LB_NODE_LABEL in (node.metadata.labels or {}):
+            core.patch_node(node.metadata.name, {"metadata": {"labels": {LB_NODE_LABEL: None}}})
+    return sorted(lb_names)
+
+
+def _ready_pods(kube: Kube, selector: str) -> list:
+    pods = kube.core().list_namespaced_pod(NAMESPACE, label_selector=selector).items
+    return [p for p in pods if p.status and p.status.phase == "Running" and any(
+        c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
 
 
 class DataPlaneLB(Phase):
@@ -25,3 +62,28 @@ class DataPlaneLB(Phase):
             steps.append(Step(CLUSTER, f"server-side apply {manifest.path}", [manifest]))
         steps.append(Step(CLUSTER, "wait for the controller Deployment and speakers on every LB node"))
         return steps
+
+    def run(self, ctx: Context) -> None:
+        kube = Kube(ctx.options["kubeconfig_path"])
+        names = label_lb_nodes(ctx, kube)
+        ctx.progress.note(f"labelled {LB_NODE_LABEL}=true: {', '.join(names)}")
+        for manifest in metallb_manifests(ctx.config, ctx.secrets):
+            objs = [d for d in yaml.safe_load_all(manifest.content) if d]
+            for obj in objs:
+                kube.apply(obj)
+            if any(o["kind"] == "CustomResourceDefinition" for o in objs):
+                crds = [o["metadata"]["name"] for o in objs]
+                wait("the MetalLB CRDs to be established", lambda: all(
+                    any(c["type"] == "Established" and c["status"] == "True"
+                        for c in kube.dynamic.resources.get(api_version="apiextensions.k8s.io/v1",
+                                                             kind="CustomResourceDefinition").get(name=n)
+                        .to_dict().get("status", {}).get("conditions", []))
+                    for n in crds), 60)
+                kube.forget_discovery()
+            ctx.progress.note(f"applied {manifest.path} ({len(objs)} object(s))")
+        wait("the MetalLB controller pod to be ready", lambda: _ready_pods(kube, "app=metallb,component=controller"),
+             WAIT_SECONDS, 2)
+        want = len(names)
+        wait(f"MetalLB speakers ready on all {want} load-balancer nodes",
+             lambda: len(_ready_pods(kube, "app=metallb,component=speaker")) >= want, WAIT_SECONDS, 2)
+        ctx.progress.note(f"MetalLB controller ready; {want} speaker(s) ready")

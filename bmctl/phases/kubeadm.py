@@ -1,7 +1,37 @@
+"""kubeadm: init on the first control-plane node (behind the VIP), control-plane joins one at a
+time, the other nodes in parallel; the admin kubeconfig lands in the workspace."""
 from __future__ import annotations
 
+import base64
+import hashlib
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from bmctl.host import Host, sync_files
 from bmctl.phases.base import Context, Phase, Step
-from bmctl.render.kubeadm import kubeadm_action, kubeadm_config
+from bmctl.render.kubeadm import KUBEADM_CONFIG, kubeadm_action, kubeadm_config
+from bmctl.workspace import write_private
+
+ADMIN_CONF = "/etc/kubernetes/admin.conf"
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+CA_CERT = "/etc/kubernetes/pki/ca.crt"
+
+
+def ca_cert_hash(pem: str) -> str:
+    """kubeadm's discovery hash: sha256 of the CA's DER SubjectPublicKeyInfo."""
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def _exists(host: Host, path: str) -> bool:
+    return host.run(["test", "-f", path], step=f"look for {path}", check=False).rc == 0
+
+
+def _cat(host: Host, path: str) -> str:
+    return host.run(["cat", "--", path], step=f"read {path}").stdout
 
 
 class Kubeadm(Phase):
@@ -20,3 +50,33 @@ class Kubeadm(Phase):
         steps.append(Step(config.control_plane_nodes[0].address,
                           f"fetch admin.conf into the workspace as {config.name}-kubeconfig"))
         return steps
+
+    def run(self, ctx: Context) -> None:
+        config, inv = ctx.config, ctx.inventory
+        first = config.control_plane_nodes[0]
+        host = inv[first.address]
+        sync_files(host, [kubeadm_config(config, first, ctx.secrets)])
+        if _exists(host, ADMIN_CONF):
+            ctx.progress.host(first.address, "already initialized")
+        else:
+            host.run(["kubeadm", "init", "--config", KUBEADM_CONFIG, "--upload-certs"], step="kubeadm init",
+                     timeout=900)
+            ctx.progress.host(first.address, "kubeadm init done")
+        kubeconfig = ctx.options.get("kubeconfig_path")
+        if kubeconfig is not None:
+            write_private(kubeconfig, _cat(host, ADMIN_CONF))
+        ca_hash = ca_cert_hash(_cat(host, CA_CERT))
+
+        def join(h: Host) -> None:
+            node = next(n for n in config.all_nodes if n.address == h.address)
+            sync_files(h, [kubeadm_config(config, node, ctx.secrets, ca_hash)])
+            if _exists(h, KUBELET_CONF):
+                ctx.progress.host(h.address, "already joined")
+                return
+            h.run(["kubeadm", "join", "--config", KUBEADM_CONFIG], step="kubeadm join", timeout=900)
+            ctx.progress.host(h.address, f"{kubeadm_action(config, node)} done")
+
+        for node in config.control_plane_nodes[1:]:  # etcd grows one member at a time
+            join(inv[node.address])
+        others = [n.address for n in config.all_nodes if kubeadm_action(config, n) == "join"]
+        inv.parallel(others, join)

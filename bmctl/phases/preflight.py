@@ -99,8 +99,10 @@ def _ports(config: ClusterConfig, address: str) -> list[tuple[str, int]]:
     return ports
 
 
-def _binaries(config: ClusterConfig, address: str) -> list[str]:
+def _binaries(config: ClusterConfig, address: str, kubernetes: bool) -> list[str]:
     need = ["sh", "ip", "ss", "sha256sum", "mktemp", "stat"]
+    if kubernetes:
+        need.append("kubeadm")
     if config.bundled and address in {n.address for n in config.lb_nodes}:
         need.append("curl")
         if address == config.lb_nodes[0].address:
@@ -124,11 +126,11 @@ def _listeners(lines: list[str]) -> dict[tuple[str, int], str]:
     return out
 
 
-def node_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list[Check]:
+def node_checks(config: ClusterConfig, host: Host, facts: NodeFacts, kubernetes: bool = True) -> list[Check]:
     a = host.address
     checks = [Check(a, "ssh + sudo", "ok", f"as {host.access.user}"),
               Check(a, "os / kernel", "ok", f"{facts.os}; {facts.kernel}")]
-    need = _binaries(config, a)
+    need = _binaries(config, a, kubernetes)
     res = host.run(["sh", "-c", _NODE_SCRIPT, "sh", *need], step="preflight checks")
     lines = res.stdout.splitlines()
     missing = [l.split()[1] for l in lines if l.startswith("bin ") and l.endswith(" missing")]
@@ -235,9 +237,11 @@ def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str,
     return checks
 
 
-def run_preflight(config: ClusterConfig, inventory: Inventory) -> tuple[list[Check], dict[str, NodeFacts]]:
+def run_preflight(config: ClusterConfig, inventory: Inventory,
+                  kubernetes: bool = True) -> tuple[list[Check], dict[str, NodeFacts]]:
+    """All checks; `kubernetes` adds what the kubeadm phase needs (False with --until before it)."""
     facts = node_facts.gather(config, inventory)
-    per_node = inventory.parallel(list(facts), lambda h: node_checks(config, h, facts[h.address]))
+    per_node = inventory.parallel(list(facts), lambda h: node_checks(config, h, facts[h.address], kubernetes))
     checks = [c for a in facts for c in per_node[a]]
     checks += cluster_checks(config, inventory, facts)
     return checks, facts
@@ -270,7 +274,7 @@ class Preflight(Phase):
         return steps
 
     def run(self, ctx: Context) -> None:
-        checks, facts = run_preflight(ctx.config, ctx.inventory)
+        checks, facts = run_preflight(ctx.config, ctx.inventory, ctx.options.get("kubernetes", True))
         ctx.facts.update(facts)
         ctx.options["preflight"] = checks
         for c in checks:

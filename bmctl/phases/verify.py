@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from bmctl.kube import Kube, wait
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
 
 
@@ -10,7 +11,18 @@ class Verify(Phase):
     def plan(self, ctx: Context) -> list[Step]:
         config = ctx.config
         steps = [Step(CLUSTER, f"the API answers through {config.lb.vips.controlPlaneVIP}:"
-                               f"{config.lb.ports.controlPlaneLBPort}; every node Ready")]
+                               f"{config.lb.ports.controlPlaneLBPort}; every node registered")]
         if config.bundled:
             steps.append(Step(CLUSTER, "MetalLB controller and speakers ready; pools accepted"))
         return steps
+
+    def run(self, ctx: Context) -> None:
+        kube = Kube(ctx.options["kubeconfig_path"])
+        wait("the API to answer through the VIP", kube.readyz, 120)
+        ips = {n.ip for n in ctx.config.all_nodes}
+
+        def registered():
+            seen = {a.address for n in kube.core().list_node().items for a in (n.status.addresses or [])}
+            return ips <= seen
+        wait("every node to register", registered, 300, 2)
+        ctx.progress.note(f"API answers through the VIP; {len(ips)} node(s) registered")

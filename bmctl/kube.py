@@ -1,0 +1,68 @@
+"""The Kubernetes API through the VIP (kubernetes Python client): server-side apply as `bmctl`."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from kubernetes import client, config as kconfig, dynamic
+from kubernetes.client.rest import ApiException
+
+from bmctl.errors import BmctlError
+
+FIELD_MANAGER = "bmctl"
+
+
+class Kube:
+    def __init__(self, kubeconfig: Path) -> None:
+        self.api = kconfig.new_client_from_config(config_file=str(kubeconfig))
+        self._dynamic: dynamic.DynamicClient | None = None
+
+    @property
+    def dynamic(self) -> dynamic.DynamicClient:
+        if self._dynamic is None:
+            self._dynamic = dynamic.DynamicClient(self.api)
+        return self._dynamic
+
+    def forget_discovery(self) -> None:
+        """New CRDs: rediscover resources on next use."""
+        self._dynamic = None
+
+    def apply(self, obj: dict) -> dict:
+        resource = self.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+        meta = obj["metadata"]
+        return resource.server_side_apply(body=obj, name=meta["name"], namespace=meta.get("namespace"),
+                                          field_manager=FIELD_MANAGER, force_conflicts=True).to_dict()
+
+    def apply_manifest(self, text: str) -> list[dict]:
+        return [self.apply(doc) for doc in yaml.safe_load_all(text) if doc]
+
+    def core(self) -> client.CoreV1Api:
+        return client.CoreV1Api(self.api)
+
+    def readyz(self) -> bool:
+        try:
+            self.api.call_api("/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False,
+                              _request_timeout=5)
+            return True
+        except Exception:  # noqa: BLE001 - any failure means not ready yet
+            return False
+
+
+def wait(what: str, check: Callable[[], object], timeout: float, interval: float = 1.0):
+    """Poll check() until it returns something truthy; on timeout, name what was awaited."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = check()
+            if value:
+                return value
+        except ApiException as exc:
+            last = f"{exc.status} {exc.reason}"
+        except Exception as exc:  # noqa: BLE001 - connection errors while the API comes up
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(interval)
+    raise BmctlError(f"timed out after {timeout:.0f} s waiting for {what}" + (f" (last error: {last})" if last else ""),
+                     "look at the run log and the node's static pods; re-run the same command to continue.")
