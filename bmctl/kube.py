@@ -43,9 +43,8 @@ class Kube:
 
     def readyz(self) -> bool:
         try:
-            self.api.call_api("/readyz", "GET", auth_settings=["BearerToken"], _preload_content=False,
-                              _request_timeout=5)
-            return True
+            resp = self.api.call_api("GET", self.api.configuration.host + "/readyz", _request_timeout=5)
+            return resp.status == 200
         except Exception:  # noqa: BLE001 - any failure means not ready yet
             return False
 

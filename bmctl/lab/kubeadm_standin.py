@@ -134,6 +134,25 @@ def wait_ready(url: str, timeout: float = 240) -> None:
     fail(f"{url} not ready after {timeout:.0f} s: {last}")
 
 
+class _Soft(Exception):
+    pass
+
+
+def fail_soft(msg: str):
+    raise _Soft(msg)
+
+
+def retry(fn, timeout: float = 120, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return fn()
+        except (OSError, ValueError, KeyError, _Soft) as exc:
+            if time.monotonic() > deadline:
+                fail(f"gave up after {timeout:.0f} s: {exc}")
+            time.sleep(interval)
+
+
 def etcd_call(ip: str, path: str, body: dict) -> dict:
     req = urllib.request.Request(f"http://{ip}:2379{path}", data=json.dumps(body).encode(), method="POST")
     with urllib.request.urlopen(req, timeout=10) as resp:
@@ -206,19 +225,26 @@ def join(config: str) -> None:
         pki.issue(PKI, "apiserver", "kube-apiserver", None, [
             ip, endpoint.rsplit(":", 1)[0].strip("[]"), "kubernetes", "kubernetes.default", "kubernetes.default.svc",
             name], client=False, server=True)
-        added = etcd_call(cluster["first_ip"], "/v3/cluster/member/add", {"peerURLs": [f"http://{ip}:2380"]})
+        peer = f"http://{ip}:2380"
+        listed = retry(lambda: etcd_call(cluster["first_ip"], "/v3/cluster/member/list", {}))["members"]
+        if not any(peer in m.get("peerURLs", []) for m in listed):
+            # etcd refuses a new member while the last one added is not healthy yet: retry
+            listed = retry(lambda: etcd_call(cluster["first_ip"], "/v3/cluster/member/add",
+                                             {"peerURLs": [peer]}))["members"]
         members = []
-        for m in added["members"]:
+        for m in listed:
             mname = m.get("name") or name
             members += [f"{mname}={u}" for u in m.get("peerURLs", [])]
         ETCD_DATA.mkdir(parents=True, exist_ok=True)
         write_manifest("etcd", etcd_pod(name, ip, ",".join(members), "existing"))
+        retry(lambda: json.loads(urllib.request.urlopen(f"http://{ip}:2379/health", timeout=3).read())["health"]
+              == "true" or fail_soft("etcd not healthy yet"), timeout=180)
         write_manifest("kube-apiserver", apiserver_pod(ip, port, cluster["service_cidr"]))
         wait_ready(f"https://{ip}:{port}")
         kubeconfig(ETC / "admin.conf", f"https://{endpoint}", "kubernetes-admin", "system:masters")
+    kubeconfig(ETC / "kubelet.conf", f"https://{endpoint}", f"system:node:{name}", "system:masters")
     for key in ("ca.key", "sa.key", "sa.pub") if "controlPlane" not in join_cfg else ():
         (PKI / key).unlink(missing_ok=True)
-    kubeconfig(ETC / "kubelet.conf", f"https://{endpoint}", f"system:node:{name}", "system:masters")
     NODE_INFO.write_text(json.dumps({"name": name, "ip": ip}))
     print(f"This node has joined the cluster (lab stand-in): {name}")
 

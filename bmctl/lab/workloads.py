@@ -10,7 +10,8 @@ Once kubeadm (the lab stand-in) has joined the node, this agent, running in the 
   binaries built from their Go modules) with its env, args and volumes, and keeps a Pod object with
   its status (Running, Ready, podIP = hostIP: these are hostNetwork or host-run processes);
 - on the first control-plane node, keeps an EndpointSlice for every Service with a selector, from
-  the Ready pods that match it (the part of the controller-manager the tests rely on).
+  the Ready pods that match it, and a `default` ServiceAccount in every namespace (the parts of the
+  controller-manager the tests rely on).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import hashlib
 import json
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -157,9 +159,32 @@ class ClusterAgent:
             out.append(Container(pod_name, c["name"], argv, mounts, digest, env=env))
         return out
 
+    def ready(self, pod_name: str, tmpl: dict) -> bool:
+        """Every container runs, and answers its readinessProbe (httpGet) when it has one."""
+        for c in tmpl["spec"]["containers"]:
+            if _binary(c["image"]) is None:
+                continue
+            running = self.runner.containers.get(f"{pod_name}_{c['name']}")
+            if running is None or running.proc is None or running.proc.poll() is not None:
+                return False
+            probe = (c.get("readinessProbe") or {}).get("httpGet")
+            if probe:
+                port = probe["port"]
+                if isinstance(port, str):
+                    port = next(p["containerPort"] for p in c.get("ports", []) if p.get("name") == port)
+                try:
+                    with urllib.request.urlopen(f"http://{self.info['ip']}:{port}{probe.get('path', '/')}",
+                                                timeout=1) as resp:
+                        if resp.status >= 400:
+                            return False
+                except OSError:
+                    return False
+        return True
+
     def ensure_pod(self, pod_name: str, namespace: str, tmpl: dict, owner: dict) -> None:
         from kubernetes.client import ApiException
         ip = self.info["ip"]
+        ready = "True" if self.ready(pod_name, tmpl) else "False"
         body = {"apiVersion": "v1", "kind": "Pod",
                 "metadata": {"name": pod_name, "namespace": namespace, "labels": tmpl["metadata"].get("labels", {}),
                              "annotations": {"bmctl.io/lab-standin-owner": f"{owner['kind']}/{owner['name']}"}},
@@ -173,7 +198,8 @@ class ClusterAgent:
         now = _now()
         self.core.patch_namespaced_pod_status(pod_name, namespace, {"status": {
             "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": ip, "startTime": now,
-            "conditions": [{"type": t, "status": "True", "lastTransitionTime": now}
+            "conditions": [{"type": t, "status": "True" if t in ("PodScheduled", "Initialized") else ready,
+                            "lastTransitionTime": now}
                            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}})
 
     def delete_pod(self, pod_name: str, namespace: str) -> None:
@@ -214,6 +240,19 @@ class ClusterAgent:
                     raise
                 self.discovery.create_namespaced_endpoint_slice(svc.metadata.namespace, body)
 
+    def default_service_accounts(self) -> None:
+        """The controller-manager's ServiceAccount controller: a `default` account per namespace."""
+        from kubernetes.client import ApiException
+        have = {sa.metadata.namespace for sa in self.core.list_service_account_for_all_namespaces(
+            field_selector="metadata.name=default").items}
+        for ns in self.core.list_namespace().items:
+            if ns.metadata.name not in have and ns.status.phase == "Active":
+                try:
+                    self.core.create_namespaced_service_account(ns.metadata.name, {"metadata": {"name": "default"}})
+                except ApiException as exc:
+                    if exc.status != 409:
+                        raise
+
     # -- loop ------------------------------------------------------------------------------------
     def kube_proxy(self) -> list[Container]:
         try:
@@ -250,6 +289,7 @@ class ClusterAgent:
                         if "node-role.kubernetes.io/control-plane" in (n.metadata.labels or {}))
         if leader and leader[0] == self.info["name"]:
             self.endpoint_slices()
+            self.default_service_accounts()
         return containers
 
     def run(self, stop: threading.Event) -> None:
