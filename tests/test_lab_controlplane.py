@@ -15,23 +15,16 @@ import time
 import pytest
 import yaml
 
-from conftest import require
-from lab.harness import LabHarness, lab_prerequisites, stop, wait_for
+from lab.harness import running_lab, stop, wait_for
 
 VIP = "192.0.2.10"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    missing = lab_prerequisites()
-    require(not missing, f"lab prerequisites: {', '.join(missing)}")
-    harness = LabHarness(tmp_path_factory.mktemp("lab"), control_planes=3)
-    try:
-        harness.up()
+    with running_lab(tmp_path_factory.mktemp("lab"), control_planes=3) as harness:
         harness.start_backends()
         yield harness
-    finally:
-        harness.down()
 
 
 @pytest.fixture(scope="module")

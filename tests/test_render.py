@@ -19,7 +19,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import EXAMPLES, REPO, base_docs, dump, require_root, require_tool
+from conftest import EXAMPLES, require_root, require_tool
 
 K8S_VERSION = "1.34.0"
 

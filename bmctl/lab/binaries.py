@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +35,8 @@ def binary(name: str) -> Path:
 
 def _go(args: list[str], cwd: Path, env: dict | None = None) -> str:
     full = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", **(env or {})}
-    proc = subprocess.run(["go", *args], cwd=cwd, env=full, capture_output=True, text=True)
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    proc = subprocess.run([go, *args], cwd=cwd, env=full, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"go {' '.join(args)} failed in {cwd}:\n{proc.stderr[-4000:]}")
     return proc.stdout

@@ -8,6 +8,8 @@ and curl run from the host as from an admin workstation.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -105,7 +107,7 @@ class Lab:
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
-                 "pids": {}, "host_veth": None, "created_dirs": [], "config": None, "cluster": cluster}
+                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster}
         self.save(state)  # from here on, `down` can undo whatever was made
         try:
             self._keys(state)
@@ -166,17 +168,20 @@ class Lab:
                                          f"-m bmctl.lab.kubeadm_standin \"$@\"\n")
         (bin_dir / "kubeadm").chmod(0o755)
         for name, target in (("etcd", "etcd"), ("kube-apiserver", "kube-apiserver"), ("kube-proxy", "kube-proxy"),
-                             ("metallb-controller", "metallb-controller"), ("metallb-speaker", "metallb-speaker")):
+                             ("controller", "metallb-controller"), ("speaker", "metallb-speaker")):
             built = binaries.binary(target)
             if built.exists():
                 (bin_dir / name).symlink_to(built)
 
     def _start_nodes(self, state: dict) -> None:
         self._bin()
-        for d in NODE_DIRS:
-            if not os.path.isdir(d):
-                os.makedirs(d, exist_ok=True)
-                state["created_dirs"].append(d)
+        with _registry() as reg:
+            reg["labs"].append(state["id"])
+            for d in NODE_DIRS:
+                if not os.path.isdir(d):
+                    os.makedirs(d, exist_ok=True)
+                    reg["created_dirs"].append(d)
+        state["registered"] = True
         self.save(state)
         known = []
         for node in state["nodes"]:
@@ -271,11 +276,18 @@ class Lab:
                 sh("ip", "netns", "del", ns, check=False)
         if state.get("host_veth"):
             sh("ip", "link", "del", state["host_veth"], check=False)
-        for d in reversed(state.get("created_dirs", [])):
-            try:
-                os.rmdir(d)
-            except OSError:
-                pass
+        if state.get("registered"):
+            with _registry() as reg:
+                reg["labs"] = [i for i in reg["labs"] if i != state["id"]]
+                if not reg["labs"]:
+                    # Only once no lab is left: removing a folder that another lab's nodes have
+                    # a bind mount on would silently detach their private copy.
+                    for d in reversed(reg["created_dirs"]):
+                        try:
+                            os.rmdir(d)
+                        except OSError:
+                            pass
+                    reg["created_dirs"] = []
         config = state.get("config")
         if config and os.path.exists(config):
             os.unlink(config)
@@ -299,6 +311,24 @@ class Lab:
             if node["address"] == address:
                 return node["netns"]
         raise KeyError(address)
+
+
+REGISTRY = Path("/run/bmctl-lab")
+
+
+@contextlib.contextmanager
+def _registry():
+    """Host-wide record (under a lock) of running labs and of the host folders labs created as
+    mount points, so that the last lab down removes them and no earlier one does."""
+    REGISTRY.mkdir(mode=0o700, exist_ok=True)
+    with open(REGISTRY / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        path = REGISTRY / "registry.json"
+        reg = json.loads(path.read_text()) if path.exists() else {"labs": [], "created_dirs": []}
+        yield reg
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(reg))
+        os.replace(tmp, path)
 
 
 def _alive(pid: int) -> bool:

@@ -30,8 +30,9 @@ from bmctl.lab.kubelet import Container, Runner
 
 ETC = Path("/etc/kubernetes")
 NODE_INFO = ETC / "bmctl-lab-node.json"
-IMAGES = {"quay.io/metallb/controller": "/usr/local/bin/metallb-controller",
-          "quay.io/metallb/speaker": "/usr/local/bin/metallb-speaker"}
+# Image -> the binary built from its Go module, under the name the image runs it as.
+IMAGES = {"quay.io/metallb/controller": "/usr/local/bin/controller",
+          "quay.io/metallb/speaker": "/usr/local/bin/speaker"}
 MANAGED_BY = "bmctl-lab-standin"
 
 

@@ -24,6 +24,7 @@ def read_facts(host: Host, node_ip: str, interface: str | None) -> NodeFacts:
         raise HostError(host.address, "read node facts", "`ip -j addr` gave no JSON",
                         "install a recent iproute2 on the node.") from None
     addresses = []
+    macs = tuple(link["address"] for link in links if link.get("link_type") == "ether" and link.get("address"))
     found: tuple[str, int] | None = None
     for link in links:
         for a in link.get("addr_info", []):
@@ -35,7 +36,7 @@ def read_facts(host: Host, node_ip: str, interface: str | None) -> NodeFacts:
                         f"(it has {', '.join(addresses) or 'none'})",
                         "set the node's address (or k8sIP) in the config to an IP the node holds.")
     return NodeFacts(interface=interface or found[0], prefixlen=found[1], addresses=tuple(addresses),
-                     os=os_name, kernel=kernel)
+                     macs=macs, os=os_name, kernel=kernel)
 
 
 def gather(config: ClusterConfig, inventory: Inventory, addresses: list[str] | None = None) -> dict[str, NodeFacts]:

@@ -2,7 +2,6 @@
 time, the other nodes in parallel; the admin kubeconfig lands in the workspace."""
 from __future__ import annotations
 
-import base64
 import hashlib
 
 from cryptography import x509

@@ -76,13 +76,16 @@ for src, vrid, version in sorted(seen):
     print(src, vrid, version)
 '''
 
+# Prints "<ip> <mac>" for each address that answers ARP (the MAC of whoever answered).
 _ARPING = r'''
 iface=$1; shift
 if arping --help 2>&1 | grep -q Habets; then flavor=habets; else flavor=iputils; fi
 for ip; do
   (
-    if [ $flavor = habets ]; then arping -q -C 1 -c 2 -w 2 -i "$iface" "$ip" >/dev/null 2>&1
-    else arping -q -c 2 -w 2 -I "$iface" "$ip" >/dev/null 2>&1; fi && echo "$ip"
+    if [ $flavor = habets ]; then out=$(arping -C 1 -c 2 -w 2 -i "$iface" "$ip" 2>/dev/null)
+    else out=$(arping -c 2 -w 2 -I "$iface" "$ip" 2>/dev/null); fi
+    mac=$(printf '%s\n' "$out" | grep -oE '([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}' | head -n 1)
+    [ -n "$mac" ] && echo "$ip $mac"
   ) &
 done
 wait
@@ -217,7 +220,10 @@ def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str,
     candidates = [ip for ip in _arp_candidates(config) if ip not in held]
     if net is not None and candidates:
         res = host.run(["sh", "-c", _ARPING, "sh", iface, *candidates], step="arping VIPs and pools", timeout=60)
-        answering = sorted(set(res.stdout.split()), key=lambda s: netaddr.IPAddress(s))
+        # An address answered by one of our LB nodes is a Service IP our own MetalLB announces (a re-run).
+        ours_macs = {m.lower() for f in facts.values() for m in f.macs}
+        replies = [line.split() for line in res.stdout.splitlines() if len(line.split()) == 2]
+        answering = sorted({ip for ip, mac in replies if mac.lower() not in ours_macs}, key=netaddr.IPAddress)
         checks.append(Check(first.address, "addresses free", "fail" if answering else "ok",
                             f"already answering ARP: {', '.join(answering)}" if answering else
                             f"no answer from {len(candidates)} VIP and pool address(es)"))

@@ -14,6 +14,7 @@ class NodeFacts:
     assumed: bool = False       # True in a dry run: not read from the node
     prefixlen: int | None = None  # the node IP's prefix length on that interface (its L2 subnet)
     addresses: tuple = ()       # every address on the node, as "ip/prefix"
+    macs: tuple = ()            # the MAC address of every interface
     os: str = ""
     kernel: str = ""
 

@@ -206,6 +206,74 @@ class LabHarness:
         raise KeyError(path)
 
 
+class Kube:
+    """CoreV1 calls made from the client namespace (the VIP is reachable only on the lab segment)."""
+
+    def __init__(self, lab: "LabHarness") -> None:
+        from kubernetes import client, config as kconfig
+        self.lab = lab
+        self.core = client.CoreV1Api(kconfig.new_client_from_config(
+            config_file=str(lab.workspace / "lab" / "lab-kubeconfig")))
+
+    def __call__(self, method: str, *args, **kw):
+        with in_netns(self.lab.client_ns):
+            return getattr(self.core, method)(*args, **kw)
+
+
+def start_web_service(lab: "LabHarness", kube: Kube, namespace: str = "demo") -> tuple[str, subprocess.Popen]:
+    """A backend process on the worker (port 8080), its Pod object (status set as a kubelet would)
+    and a LoadBalancer Service on port 80; returns the Service's external IP and the process."""
+    worker = next(n for n in lab.nodes if n["role"] == "worker")
+    backend = subprocess.Popen(["ip", "netns", "exec", worker["netns"], sys.executable, "-m", "http.server", "8080",
+                                "--bind", worker["address"]], start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lab.extra.append(backend)
+    kube("create_namespace", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+    wait_for(lambda: kube("list_namespaced_service_account", namespace).items, 30, "the default ServiceAccount")
+    kube("create_namespaced_pod", namespace, {
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"nodeName": worker["name"],
+                 "containers": [{"name": "web", "image": "python", "ports": [{"containerPort": 8080}]}]}})
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    kube("patch_namespaced_pod_status", "web", namespace, {"status": {
+        "phase": "Running", "podIP": worker["address"], "podIPs": [{"ip": worker["address"]}],
+        "hostIP": worker["address"], "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}})
+    kube("create_namespaced_service", namespace, {
+        "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+        "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
+
+    def external_ip():
+        svc = kube("read_namespaced_service", "web", namespace)
+        ing = (svc.status.load_balancer.ingress or []) if svc.status.load_balancer else []
+        return ing[0].ip if ing else None
+    return wait_for(external_ip, 60, "an EXTERNAL-IP for the LoadBalancer Service", 0.5), backend
+
+
+def http_get(lab: "LabHarness", ip: str, port: int = 80, timeout: float = 1.0) -> str | None:
+    """A plain HTTP GET from the client namespace; the raw response, or None."""
+    try:
+        with in_netns(lab.client_ns):
+            sock = socket.create_connection((ip, port), timeout=timeout)
+        with sock:
+            sock.settimeout(timeout)
+            sock.sendall(f"GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
+            return sock.recv(4096).decode(errors="replace") or None
+    except OSError:
+        return None
+
+
+def announcer(lab: "LabHarness", ip: str) -> dict:
+    """The LB node whose MAC the client resolved `ip` to (the speaker that answered ARP)."""
+    http_get(lab, ip)
+    out = subprocess.run(["ip", "-n", lab.client_ns, "neigh", "show", ip], capture_output=True, text=True).stdout
+    mac = out.split("lladdr")[1].split()[0]
+    for node in lab.lb_nodes():
+        link = subprocess.run(["ip", "-n", node["netns"], "link", "show", "eth0"], capture_output=True, text=True).stdout
+        if mac in link:
+            return node
+    raise AssertionError(f"{ip} is answered by {mac}, which is no LB node")
+
+
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         try:
@@ -227,6 +295,24 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@contextmanager
+def running_lab(workdir: Path, control_planes: int, lb_nodes: int = 0, workers: int = 0,
+                needs: tuple[str, ...] = ()):
+    """A lab for a test module; fails under CI=true (skips elsewhere) when a prerequisite is missing,
+    and is always torn down."""
+    from bmctl.lab import binaries
+    from conftest import require
+    missing = lab_prerequisites() + [p for p in needs if not binaries.binary(p).exists()]
+    require(not missing, f"lab prerequisites: {', '.join(missing)}"
+            + (" (python -m bmctl.lab.binaries builds the Go parts)" if needs else ""))
+    harness = LabHarness(workdir, control_planes, lb_nodes, workers)
+    try:
+        harness.up()
+        yield harness
+    finally:
+        harness.down()
 
 
 def lab_prerequisites() -> list[str]:
