@@ -30,6 +30,11 @@ class Context:
     inventory: Any = None   # bmctl.host.Inventory on a real run
     progress: Any = None    # bmctl.progress.Progress on a real run
 
+    def record(self, address: str, changes: list) -> list:
+        """Remember what sync_files did on a node, for the run's summary."""
+        self.options.setdefault("file_changes", {}).setdefault(address, []).extend(changes)
+        return changes
+
     def node_facts(self, addresses: list[str]) -> dict[str, NodeFacts]:
         """Facts read from the nodes (preflight reads them; with --force they are read here)."""
         missing = [a for a in addresses if a not in self.facts or self.facts[a].assumed]

@@ -48,7 +48,8 @@ class ControlPlaneLB(Phase):
         facts = ctx.node_facts(list(nodes))
 
         def write(host: Host) -> list:
-            changes = sync_files(host, lb_node_files(config, nodes[host.address], facts[host.address]))
+            changes = ctx.record(host.address, sync_files(host, lb_node_files(config, nodes[host.address],
+                                                                         facts[host.address])))
             counts: dict[str, int] = {}
             for c in changes:
                 counts[c.status] = counts.get(c.status, 0) + 1
@@ -56,8 +57,7 @@ class ControlPlaneLB(Phase):
                               ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
             return changes
 
-        results = ctx.inventory.parallel(list(nodes), write)
-        ctx.options["file_changes"] = {**ctx.options.get("file_changes", {}), **results}
+        ctx.inventory.parallel(list(nodes), write)
         self.wait_for_vip(ctx)
 
     @staticmethod

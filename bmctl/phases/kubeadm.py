@@ -54,7 +54,7 @@ class Kubeadm(Phase):
         config, inv = ctx.config, ctx.inventory
         first = config.control_plane_nodes[0]
         host = inv[first.address]
-        sync_files(host, [kubeadm_config(config, first, ctx.secrets)])
+        ctx.record(first.address, sync_files(host, [kubeadm_config(config, first, ctx.secrets)]))
         if _exists(host, ADMIN_CONF):
             ctx.progress.host(first.address, "already initialized")
         else:
@@ -68,7 +68,7 @@ class Kubeadm(Phase):
 
         def join(h: Host) -> None:
             node = next(n for n in config.all_nodes if n.address == h.address)
-            sync_files(h, [kubeadm_config(config, node, ctx.secrets, ca_hash)])
+            ctx.record(h.address, sync_files(h, [kubeadm_config(config, node, ctx.secrets, ca_hash)]))
             if _exists(h, KUBELET_CONF):
                 ctx.progress.host(h.address, "already joined")
                 return
