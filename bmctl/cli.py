@@ -25,7 +25,9 @@ check_app = typer.Typer(help="Check a config file.", no_args_is_help=True)
 app.add_typer(create_app, name="create")
 lab_app = typer.Typer(help="A lab of machines on this host (network namespaces), for trying bmctl.",
                       no_args_is_help=True)
+reset_app = typer.Typer(help="Undo what create did.", no_args_is_help=True)
 app.add_typer(check_app, name="check")
+app.add_typer(reset_app, name="reset")
 app.add_typer(lab_app, name="lab")
 
 ClusterOpt = typer.Option(..., "--cluster", "-c", help="Cluster name (bmctl-workspace/NAME/NAME.yaml) or a "
@@ -91,6 +93,15 @@ def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = Works
     """Check every node over SSH: sudo, OS, binaries, subnet, free VIPs and ports, VRRP id, time, swap."""
     raise typer.Exit(cluster_cmd.check_preflight(cluster, workspace, output.value, accept_new_host_keys,
                                                  concurrency, until))
+
+
+@reset_app.command("cluster")
+def reset_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                  force: bool = typer.Option(False, "--force", help="Do not ask for confirmation."),
+                  dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; touch no machine."),
+                  accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+    """Undo on every node what create did (kubeadm reset, static pods, configs); asks first."""
+    cluster_cmd.reset_cluster(cluster, workspace, force, dry_run, accept_new_host_keys, concurrency)
 
 
 @lab_app.command("up")

@@ -10,7 +10,8 @@ import pytest
 
 from conftest import base_docs, dump
 
-SUBCOMMANDS = [[], ["create"], ["check"], ["create", "config"], ["create", "cluster"], ["check", "config"]]
+SUBCOMMANDS = [[], ["create"], ["check"], ["create", "config"], ["create", "cluster"], ["check", "config"],
+               ["check", "preflight"], ["reset", "cluster"], ["lab", "up"], ["lab", "down"], ["lab", "status"]]
 
 
 def bmctl(*args, cwd=None, input=None):
@@ -108,6 +109,24 @@ def test_broken_files_give_clean_errors(tmp_path, content):
         assert proc.returncode == 1, proc.stderr
         assert "Traceback" not in proc.stderr and "error" in proc.stderr
         assert not (tmp_path / "bmctl-workspace").exists() or not list((tmp_path / "bmctl-workspace").rglob("*.cfg"))
+
+
+def test_reset_dry_run_lists_what_it_removes(tmp_path):
+    (tmp_path / "c.yaml").write_text(dump(base_docs()))
+    proc = bmctl("reset", "cluster", "-c", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "kubeadm reset -f" in proc.stdout and "/etc/kubernetes/manifests/keepalived.yaml" in proc.stdout
+    assert "no machine was touched" in proc.stdout
+
+
+def test_lab_needs_root_or_says_so(tmp_path):
+    import os
+    if os.geteuid() == 0:
+        from bmctl.lab.lab import Lab
+        Lab.check_prerequisites()  # as root on a prepared machine: no complaint
+        return
+    proc = bmctl("lab", "up", cwd=tmp_path)
+    assert proc.returncode == 1 and "needs root" in proc.stderr
 
 
 def test_missing_file(tmp_path):

@@ -134,3 +134,28 @@ def test_api_vip_survives_a_control_plane_node_down(lab, cluster):
             assert len(kube("list_node").items) == len(lab.nodes)
     finally:
         lab.set_link(node, up=True)
+
+
+def test_reset_asks_first(lab, cluster):
+    proc = lab.bmctl("reset", "cluster")  # no answer on stdin: cancelled
+    assert proc.returncode == 1 and "cancelled" in proc.stderr and "--force" in proc.stderr
+    assert lab.node_file(lab.control_planes()[0], "/etc/kubernetes/admin.conf").exists()
+
+
+def test_reset_then_create_again(lab, cluster):
+    proc = lab.bmctl("reset", "cluster", "--force", timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("nothing left listening") == len(lab.nodes)
+    for node in lab.nodes:
+        manifests = lab.node_file(node, "/etc/kubernetes/manifests/x").parent
+        assert not manifests.exists() or not [p for p in manifests.iterdir() if not p.name.startswith(".")]
+        for path in ("/etc/kubernetes/admin.conf", "/etc/kubernetes/kubelet.conf", "/etc/kubernetes/bmctl/kubeadm.yaml"):
+            assert not lab.node_file(node, path).exists(), path
+        # the kubelet stand-in stopped every pod it ran for the cluster (static pods, speakers, kube-proxy)
+        wait_for(lambda: not list((lab.lab.state_dir / node["name"] / "pods").glob("*.pid")), 30,
+                 f"no pod left on {node['name']}")
+    assert lab.vip_holders("192.0.2.10") == []
+    assert not (lab.workspace / "lab" / "lab-kubeconfig").exists()
+    proc = lab.bmctl("create", "cluster", timeout=900)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(Kube(lab)("list_node").items) == len(lab.nodes)

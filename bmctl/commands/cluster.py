@@ -114,3 +114,46 @@ def check_preflight(target: str, workspace: Path | None, output: str, accept_new
         out.print(table)
         out.print("Preflight " + ("FAILED" if failed else "passed") + f". Logs: {log_dir}")
     return 1 if failed else 0
+
+
+def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: bool,
+                  accept_new_host_keys: bool, concurrency: int) -> None:
+    from bmctl.phases.reset import Reset
+    config, ws = load(target, workspace)
+    phase = Reset()
+    if dry_run:
+        ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=True)
+        planned = plan([phase], ctx)
+        write_plan(planned, ws.reset_dry_run())
+        print_plan(planned)
+        out.print("Dry run: no machine was touched.")
+        return
+    if not force:
+        import click
+        try:
+            yes = click.confirm(f"Reset cluster {config.name!r} on {len(config.all_nodes)} node(s)? This removes "
+                                "Kubernetes and the load balancers from every node", default=False)
+        except click.exceptions.Abort:  # no terminal to answer on (stdin closed)
+            yes = False
+        if not yes:
+            raise BmctlError("reset cancelled; nothing was changed.", "answer y, or pass --force to skip the question.")
+    ws.ensure()
+    secrets = load_or_create(ws.secrets_path)
+    log_dir = ws.new_log_dir("reset-cluster")
+    runlog.start(log_dir, secrets.values())
+    inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
+    progress = Progress()
+    ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress)
+    try:
+        progress.phase(1, 1, phase.title)
+        phase.run(ctx)
+        progress.phase_done(phase.title)
+    except BaseException:
+        err.print(f"Logs: {log_dir}", markup=False)
+        raise
+    finally:
+        inventory.close()
+        runlog.stop()
+    if ws.kubeconfig_path.exists():
+        ws.kubeconfig_path.unlink()
+    out.print(f"Reset {len(config.all_nodes)} node(s) of cluster {config.name}. Logs: {log_dir}")

@@ -272,6 +272,8 @@ class ClusterAgent:
         return [Container("kube-proxy", "kube-proxy", argv, [], hashlib.sha256(text.encode()).hexdigest())]
 
     def sync_once(self) -> list[Container]:
+        if self.core is not None and not (ETC / "kubelet.conf").exists():
+            self.core = None  # kubeadm reset: this node left the cluster; stop what ran for it
         if not self.connect():
             return []
         labels = self.register()

@@ -1,0 +1,83 @@
+"""`bmctl reset cluster`: undo on every node what create did, and check that nothing is left running."""
+from __future__ import annotations
+
+import time
+
+from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT
+from bmctl.host import Host
+from bmctl.host.files import remove_files
+from bmctl.phases.base import Context, Phase, Step
+from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
+from bmctl.render.controlplane_lb import (CHECK_SCRIPT, HAPROXY_DIR, HAPROXY_HEALTH_PORT, KEEPALIVED_DIR,
+                                          MANIFEST_DIR)
+from bmctl.render.kubeadm import KUBEADM_CONFIG
+
+LB_FILES = [f"{MANIFEST_DIR}/keepalived.yaml", f"{MANIFEST_DIR}/haproxy.yaml", f"{KEEPALIVED_DIR}/keepalived.conf",
+            CHECK_SCRIPT, f"{HAPROXY_DIR}/haproxy.cfg"]
+NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE]
+STOP_SECONDS = 60
+
+
+def _listening(host: Host, ports: list[int]) -> list[int]:
+    out = host.run(["ss", "-Hltn"], step="list listening ports", sudo=False).stdout
+    held = {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if len(line.split()) > 3}
+    return [p for p in ports if p in held]
+
+
+class Reset(Phase):
+    name = "reset"
+    title = "Reset every node"
+
+    def _files(self, ctx: Context, address: str) -> list[str]:
+        lb = ctx.config.bundled and address in {n.address for n in ctx.config.lb_nodes}
+        return (LB_FILES if lb else []) + NODE_FILES
+
+    def _ports(self, ctx: Context, address: str) -> list[int]:
+        ports = []
+        if address in {n.address for n in ctx.config.control_plane_nodes}:
+            ports.append(APISERVER_PORT)
+        if ctx.config.bundled and address in {n.address for n in ctx.config.lb_nodes}:
+            ports += [ctx.config.lb.ports.controlPlaneLBPort, HAPROXY_HEALTH_PORT, MEMBERLIST_PORT]
+        return ports
+
+    def plan(self, ctx: Context) -> list[Step]:
+        steps = []
+        for node in ctx.config.all_nodes:
+            steps.append(Step(node.address, "kubeadm reset -f (static pods, etcd member, certificates)"))
+            steps.append(Step(node.address, "remove " + ", ".join(self._files(ctx, node.address))))
+            ports = self._ports(ctx, node.address)
+            if ports:
+                steps.append(Step(node.address, "check nothing listens on " + ", ".join(map(str, ports)) +
+                                  f" and the VIP {ctx.config.lb.vips.controlPlaneVIP} is gone"))
+        return steps
+
+    def run(self, ctx: Context) -> None:
+        vip = ctx.config.lb.vips.controlPlaneVIP
+
+        def reset(host: Host) -> None:
+            has_kubeadm = host.run(["sh", "-c", "command -v kubeadm"], step="find kubeadm", check=False).rc == 0
+            if has_kubeadm:
+                host.run(["kubeadm", "reset", "-f"], step="kubeadm reset", timeout=300)
+            remove_files(host, self._files(ctx, host.address))
+            ports = self._ports(ctx, host.address)
+            deadline = time.monotonic() + STOP_SECONDS
+            while True:
+                left = _listening(host, ports)
+                addrs = host.run(["ip", "-o", "addr", "show"], step="read addresses", sudo=False).stdout
+                vip_here = f" {vip}/" in addrs
+                if not left and not vip_here:
+                    break
+                if time.monotonic() > deadline:
+                    what = ", ".join([f"port {p}" for p in left] + (["the VIP"] if vip_here else []))
+                    raise_stuck(host, what)
+                time.sleep(0.5)
+            ctx.progress.host(host.address, "reset: " + ("kubeadm reset, " if has_kubeadm else "") +
+                              "bmctl files removed, nothing left listening")
+
+        ctx.inventory.parallel([n.address for n in ctx.config.all_nodes], reset)
+
+
+def raise_stuck(host: Host, what: str) -> None:
+    from bmctl.host import HostError
+    raise HostError(host.address, "stop", f"{what} still in use {STOP_SECONDS} s after the static pods were "
+                    "removed", "check the node's kubelet and container runtime, then re-run reset.")
