@@ -42,32 +42,32 @@ def select(phases: list[Phase], until: str | None) -> list[Phase]:
     return phases[: names.index(until) + 1]
 
 
-def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bool = False,
-                   until: str | None = None, accept_new_host_keys: bool = False, concurrency: int = 16) -> None:
-    config, ws = load(target, workspace)
-    phases = select(create_cluster_phases(), until)
-    if dry_run:
-        ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=True)
-        planned = plan(phases, ctx)
-        out_dir = ws.reset_dry_run()
-        written = write_plan(planned, out_dir)
-        print_plan(planned)
-        assumed = sorted({f.interface for f in ctx.facts.values() if f.assumed})
-        if assumed:
-            out.print(f"Note: the dry run assumes VRRP interface {', '.join(assumed)}; a real run uses the "
-                      "interface that holds each node's IP (or spec.loadBalancer.vrrp.interface).")
-        out.print(f"Dry run: {len(written)} files written under {out_dir}; no machine was touched.")
-        return
+def dry_run_phases(config: ClusterConfig, ws: Workspace, phases: list[Phase]) -> None:
+    """Render every phase's plan under bmctl-workspace/NAME/dry-run/ and print it; touch no machine."""
+    ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=True)
+    planned = plan(phases, ctx)
+    out_dir = ws.reset_dry_run()
+    written = write_plan(planned, out_dir)
+    print_plan(planned)
+    assumed = sorted({f.interface for f in ctx.facts.values() if f.assumed})
+    if assumed and written:
+        out.print(f"Note: the dry run assumes VRRP interface {', '.join(assumed)}; a real run uses the "
+                  "interface that holds each node's IP (or spec.loadBalancer.vrrp.interface).")
+    out.print(f"Dry run: {len(written)} files written under {out_dir}; no machine was touched.")
+
+
+def run_phases(config: ClusterConfig, ws: Workspace, op: str, phases: list[Phase], accept_new_host_keys: bool,
+               concurrency: int, options: dict | None = None) -> tuple[Context, Path]:
+    """Run phases in order over SSH with progress and a log folder; returns the context and the logs."""
     ws.ensure()
     secrets = load_or_create(ws.secrets_path)
-    log_dir = ws.new_log_dir("create-cluster")
+    log_dir = ws.new_log_dir(op)
     runlog.start(log_dir, secrets.values())
     inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
     progress = Progress()
     ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress,
-                  options={"kubeconfig_path": ws.kubeconfig_path,
-                           "kubernetes": any(p.name == "kubeadm" for p in phases)})
-    todo = [p for p in phases if p.applies(ctx) and not (force and p.name == "preflight")]
+                  options={"kubeconfig_path": ws.kubeconfig_path, **(options or {})})
+    todo = [p for p in phases if p.applies(ctx)]
     try:
         for i, phase in enumerate(todo, 1):
             progress.phase(i, len(todo), phase.title)
@@ -80,11 +80,26 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bo
     finally:
         inventory.close()
         runlog.stop()
+    ctx.options["ran"] = [p.name for p in todo]
+    return ctx, log_dir
+
+
+def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bool = False,
+                   until: str | None = None, accept_new_host_keys: bool = False, concurrency: int = 16) -> None:
+    config, ws = load(target, workspace)
+    phases = select(create_cluster_phases(), until)
+    if dry_run:
+        dry_run_phases(config, ws, phases)
+        return
+    kubernetes = any(p.name == "kubeadm" for p in phases)
+    phases = [p for p in phases if not (force and p.name == "preflight")]
+    ctx, log_dir = run_phases(config, ws, "create-cluster", phases, accept_new_host_keys, concurrency,
+                              {"kubernetes": kubernetes})
     changes = ctx.options.get("file_changes", {})
     changed = sum(1 for per_host in changes.values() for c in per_host if c.status != "unchanged")
-    out.print(f"Done: {', '.join(p.name for p in todo)} on {len(config.all_nodes)} node(s); "
+    out.print(f"Done: {', '.join(ctx.options['ran'])} on {len(config.all_nodes)} node(s); "
               f"{changed} file(s) changed. Logs: {log_dir}")
-    if ws.kubeconfig_path.exists() and any(p.name == "kubeadm" for p in todo):
+    if ws.kubeconfig_path.exists() and kubernetes:
         out.print(f"Kubeconfig: {ws.kubeconfig_path} (kubectl --kubeconfig {ws.kubeconfig_path} get nodes)")
 
 
@@ -120,13 +135,8 @@ def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: boo
                   accept_new_host_keys: bool, concurrency: int) -> None:
     from bmctl.phases.reset import Reset
     config, ws = load(target, workspace)
-    phase = Reset()
     if dry_run:
-        ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=True)
-        planned = plan([phase], ctx)
-        write_plan(planned, ws.reset_dry_run())
-        print_plan(planned)
-        out.print("Dry run: no machine was touched.")
+        dry_run_phases(config, ws, [Reset()])
         return
     if not force:
         import click
@@ -137,23 +147,7 @@ def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: boo
             yes = False
         if not yes:
             raise BmctlError("reset cancelled; nothing was changed.", "answer y, or pass --force to skip the question.")
-    ws.ensure()
-    secrets = load_or_create(ws.secrets_path)
-    log_dir = ws.new_log_dir("reset-cluster")
-    runlog.start(log_dir, secrets.values())
-    inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
-    progress = Progress()
-    ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress)
-    try:
-        progress.phase(1, 1, phase.title)
-        phase.run(ctx)
-        progress.phase_done(phase.title)
-    except BaseException:
-        err.print(f"Logs: {log_dir}", markup=False)
-        raise
-    finally:
-        inventory.close()
-        runlog.stop()
+    _, log_dir = run_phases(config, ws, "reset-cluster", [Reset()], accept_new_host_keys, concurrency)
     if ws.kubeconfig_path.exists():
         ws.kubeconfig_path.unlink()
     out.print(f"Reset {len(config.all_nodes)} node(s) of cluster {config.name}. Logs: {log_dir}")
