@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import typer
 from rich.table import Table
 
 from bmctl import runlog
@@ -139,11 +140,10 @@ def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: boo
         dry_run_phases(config, ws, [Reset()])
         return
     if not force:
-        import click
         try:
-            yes = click.confirm(f"Reset cluster {config.name!r} on {len(config.all_nodes)} node(s)? This removes "
+            yes = typer.confirm(f"Reset cluster {config.name!r} on {len(config.all_nodes)} node(s)? This removes "
                                 "Kubernetes and the load balancers from every node", default=False)
-        except click.exceptions.Abort:  # no terminal to answer on (stdin closed)
+        except typer.Abort:  # no terminal to answer on (stdin closed)
             yes = False
         if not yes:
             raise BmctlError("reset cancelled; nothing was changed.", "answer y, or pass --force to skip the question.")
