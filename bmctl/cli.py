@@ -15,7 +15,6 @@ from bmctl.commands import lab as lab_cmd
 from bmctl.config.problems import ConfigError
 from bmctl.errors import BmctlError
 from bmctl.output import err, print_problems
-from bmctl.phases import PhaseNotAvailable
 
 app = typer.Typer(help="Bare-metal Kubernetes clusters over SSH, with bundled load balancing "
                        "(Keepalived + HAProxy for the API VIP, MetalLB layer 2 for Services).",
@@ -142,9 +141,6 @@ def main(argv: list[str] | None = None) -> None:
     except BmctlError as exc:
         err.print(exc.render(), markup=False)
         sys.exit(exc.exit_code)
-    except PhaseNotAvailable as exc:
-        err.print(f"error: {exc}", markup=False)
-        sys.exit(2)
     except KeyboardInterrupt:
         err.print("interrupted; re-run the same command to continue (every step is idempotent)")
         sys.exit(130)

@@ -159,7 +159,7 @@ class Host:
         return cmd
 
     def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin: bytes | str | None = None,
-            check: bool = True, timeout: float = 120.0, quiet_stdin: bool = True) -> Result:
+            check: bool = True, timeout: float = 120.0) -> Result:
         """Run argv on the host; raise HostError (host, step, stderr) when check and rc != 0."""
         cmd = self.command_line(argv, sudo)
         step = step or argv[0]

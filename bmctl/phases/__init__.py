@@ -1,5 +1,5 @@
 """The phases of `bmctl create cluster`, in order (as k0sctl structures `apply`)."""
-from bmctl.phases.base import CLUSTER, Context, Phase, PhaseNotAvailable, Step
+from bmctl.phases.base import CLUSTER, Context, Phase, Step
 from bmctl.phases.controlplane_lb import ControlPlaneLB
 from bmctl.phases.dataplane_lb import DataPlaneLB
 from bmctl.phases.kubeadm import Kubeadm
@@ -12,4 +12,4 @@ def create_cluster_phases() -> list[Phase]:
     return [Preflight(), Provision(), ControlPlaneLB(), Kubeadm(), DataPlaneLB(), Verify()]
 
 
-__all__ = ["CLUSTER", "Context", "Phase", "PhaseNotAvailable", "Step", "create_cluster_phases"]
+__all__ = ["CLUSTER", "Context", "Phase", "Step", "create_cluster_phases"]

@@ -44,10 +44,6 @@ class Context:
         return {a: self.facts[a] for a in addresses}
 
 
-class PhaseNotAvailable(Exception):
-    """Raised by a phase whose run needs a part bmctl does not have yet."""
-
-
 class Phase(ABC):
     name: str
     title: str
@@ -59,7 +55,6 @@ class Phase(ABC):
     def plan(self, ctx: Context) -> list[Step]:
         """Every step, per node, with the files it writes. Touches nothing."""
 
+    @abstractmethod
     def run(self, ctx: Context) -> None:
-        raise PhaseNotAvailable(f"the {self.title!r} phase cannot run on machines in this version of bmctl "
-                                f"(the phases before it are done). Use --until with an earlier phase to stop "
-                                f"before it, or --dry-run to see what it would do.")
+        """Do the steps on the machines; idempotent (a second run changes nothing)."""
