@@ -12,11 +12,26 @@ from kubernetes.client.rest import ApiException
 from bmctl.errors import BmctlError
 
 FIELD_MANAGER = "bmctl"
+DEFAULT_TIMEOUT = (5, 30)  # seconds: connect, read
+
+
+def with_default_timeout(api: client.ApiClient, timeout: tuple[float, float] = DEFAULT_TIMEOUT) -> client.ApiClient:
+    """Give every request a timeout. The client's default is none at all, so a call in flight when
+    the VIP moves or an apiserver dies can block for as long as TCP keeps retrying (many minutes)."""
+    rest = api.rest_client
+    request = rest.request
+
+    def timed(method, url, headers=None, body=None, post_params=None, _request_timeout=None):
+        return request(method, url, headers=headers, body=body, post_params=post_params,
+                       _request_timeout=_request_timeout or timeout)
+
+    rest.request = timed
+    return api
 
 
 class Kube:
     def __init__(self, kubeconfig: Path) -> None:
-        self.api = kconfig.new_client_from_config(config_file=str(kubeconfig))
+        self.api = with_default_timeout(kconfig.new_client_from_config(config_file=str(kubeconfig)))
         self._dynamic: dynamic.DynamicClient | None = None
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,9 +20,6 @@ from bmctl.lab.workloads import ClusterAgent
 
 
 def main(state_file: str) -> None:
-    # No call to the API may hang for ever: when the cluster goes away (reset), the cluster agent
-    # must get back to its loop and stop what it ran.
-    socket.setdefaulttimeout(10)
     spec = json.loads(Path(state_file).read_text())
     if spec.get("hostname"):  # own UTS namespace: kubeadm names the node after it
         subprocess.run(["hostname", spec["hostname"]], check=True)

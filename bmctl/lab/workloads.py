@@ -65,7 +65,9 @@ class ClusterAgent:
         if not NODE_INFO.exists() or not (ETC / "kubelet.conf").exists():
             return False
         from kubernetes import client, config as kconfig
-        api = kconfig.new_client_from_config(config_file=str(ETC / "kubelet.conf"))
+
+        from bmctl.kube import with_default_timeout
+        api = with_default_timeout(kconfig.new_client_from_config(config_file=str(ETC / "kubelet.conf")), (5, 10))
         self.core, self.apps, self.discovery = client.CoreV1Api(api), client.AppsV1Api(api), client.DiscoveryV1Api(api)
         self.info = json.loads(NODE_INFO.read_text())
         return True

@@ -82,6 +82,13 @@ class LabHarness:
         self.backends.clear()
         self.extra.clear()
         if self.lab.exists:
+            # keep the nodes' logs (pods, kubelet stand-in) next to the test's workspace
+            keep = self.workdir / "lab-logs"
+            for node in self.nodes:
+                src = self.lab.state_dir / node["name"]
+                for log in [*src.glob("*.log"), *(src / "pods").glob("*.log")]:
+                    (keep / node["name"]).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(log, keep / node["name"] / log.name)
             self.lab.down()
 
     @property
