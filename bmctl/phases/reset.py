@@ -7,6 +7,7 @@ from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT
 from bmctl.host import Host
 from bmctl.host.files import remove_files
 from bmctl.phases.base import Context, Phase, Step
+from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
 from bmctl.render.controlplane_lb import (CHECK_SCRIPT, HAPROXY_DIR, HAPROXY_HEALTH_PORT, KEEPALIVED_DIR,
                                           MANIFEST_DIR)
@@ -19,8 +20,8 @@ STOP_SECONDS = 60
 
 
 def _listening(host: Host, ports: list[int]) -> list[int]:
-    out = host.run(["ss", "-Hltn"], step="list listening ports", sudo=False).stdout
-    held = {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if len(line.split()) > 3}
+    out = host.run(["ss", "-Hltnu"], step="list listening ports", sudo=False).stdout
+    held = {port for _proto, port in _listeners(out.splitlines())}
     return [p for p in ports if p in held]
 
 
