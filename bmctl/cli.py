@@ -12,6 +12,7 @@ from bmctl import __version__
 from bmctl.commands import cluster as cluster_cmd
 from bmctl.commands import config as config_cmd
 from bmctl.commands import lab as lab_cmd
+from bmctl.commands import update as update_cmd
 from bmctl.config.problems import ConfigError
 from bmctl.errors import BmctlError
 from bmctl.output import err, print_problems
@@ -25,7 +26,9 @@ app.add_typer(create_app, name="create")
 lab_app = typer.Typer(help="A lab of machines on this host (network namespaces), for trying bmctl.",
                       no_args_is_help=True)
 reset_app = typer.Typer(help="Undo what create did.", no_args_is_help=True)
+update_app = typer.Typer(help="Change a running cluster.", no_args_is_help=True)
 app.add_typer(check_app, name="check")
+app.add_typer(update_app, name="update")
 app.add_typer(reset_app, name="reset")
 app.add_typer(lab_app, name="lab")
 
@@ -101,6 +104,18 @@ def reset_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = Workspa
                   accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
     """Undo on every node what create did (kubeadm reset, static pods, configs); asks first."""
     cluster_cmd.reset_cluster(cluster, workspace, force, dry_run, accept_new_host_keys, concurrency)
+
+
+@update_app.command("loadbalancer")
+def update_loadbalancer(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                        yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask before applying."),
+                        dry_run: bool = typer.Option(False, "--dry-run", help="Compare with the workspace copy of "
+                                                     "the applied config, print the changes and the plan, render "
+                                                     "the files; touch no machine."),
+                        accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+    """Apply changes of spec.loadBalancer (pools, LB nodes, control-plane backends) to a running cluster,
+    one load-balancer node at a time; refuses changes that cannot be made and undoes hand edits."""
+    update_cmd.update_loadbalancer(cluster, workspace, yes, dry_run, accept_new_host_keys, concurrency)
 
 
 @lab_app.command("up")

@@ -51,6 +51,11 @@ class Workspace:
         return self.dir / ".secrets.yaml"
 
     @property
+    def applied_path(self) -> Path:
+        """A copy of the config last applied to the cluster (the cluster's ConfigMap is authoritative)."""
+        return self.dir / "applied" / f"{self.name}.yaml"
+
+    @property
     def dry_run_dir(self) -> Path:
         return self.dir / "dry-run"
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import base_docs, dump
 
 SUBCOMMANDS = [[], ["create"], ["check"], ["create", "config"], ["create", "cluster"], ["check", "config"],
-               ["check", "preflight"], ["reset", "cluster"], ["lab", "up"], ["lab", "down"], ["lab", "status"]]
+               ["check", "preflight"], ["update"], ["update", "loadbalancer"], ["reset", "cluster"], ["lab", "up"], ["lab", "down"], ["lab", "status"]]
 
 
 def bmctl(*args, cwd=None, input=None):
@@ -25,7 +25,10 @@ def test_help_everywhere(sub):
     assert proc.returncode == 0 and "Usage:" in proc.stdout
 
 
-def test_shell_completion_script():
+def test_shell_completion_script(monkeypatch):
+    # the shell is named on the command line: no guessing from the parent processes (which differ
+    # between a terminal, CI and a background job)
+    monkeypatch.setenv("_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION", "1")
     proc = bmctl("--show-completion", "bash")
     assert proc.returncode == 0
     assert "_BMCTL_COMPLETE" in proc.stdout

@@ -43,9 +43,12 @@ def select(phases: list[Phase], until: str | None) -> list[Phase]:
     return phases[: names.index(until) + 1]
 
 
-def dry_run_phases(config: ClusterConfig, ws: Workspace, phases: list[Phase]) -> None:
+def dry_run_phases(config: ClusterConfig, ws: Workspace, phases: list[Phase], options: dict | None = None,
+                   extra_facts: dict | None = None) -> None:
     """Render every phase's plan under bmctl-workspace/NAME/dry-run/ and print it; touch no machine."""
-    ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=assumed_facts(config), dry_run=True)
+    facts = {**(extra_facts or {}), **assumed_facts(config)}
+    ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=facts, dry_run=True,
+                  options=dict(options or {}))
     planned = plan(phases, ctx)
     out_dir = ws.reset_dry_run()
     written = write_plan(planned, out_dir)
@@ -64,10 +67,13 @@ def run_phases(config: ClusterConfig, ws: Workspace, op: str, phases: list[Phase
     secrets = load_or_create(ws.secrets_path)
     log_dir = ws.new_log_dir(op)
     runlog.start(log_dir, secrets.values())
-    inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
+    options = options or {}
+    inventory = Inventory(config, access(config, accept_new_host_keys), concurrency,
+                          tuple(options.get("extra_nodes", ())))
     progress = Progress()
     ctx = Context(config=config, secrets=secrets, facts={}, dry_run=False, inventory=inventory, progress=progress,
-                  options={"kubeconfig_path": ws.kubeconfig_path, **(options or {})})
+                  options={"kubeconfig_path": ws.kubeconfig_path, "workspace": ws,
+                           "config_text": Path(config.path).read_text(encoding="utf-8"), **options})
     todo = [p for p in phases if p.applies(ctx)]
     try:
         for i, phase in enumerate(todo, 1):
@@ -92,6 +98,7 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bo
     if dry_run:
         dry_run_phases(config, ws, phases)
         return
+    refuse_changes_to_a_running_cluster(config, ws)
     kubernetes = any(p.name == "kubeadm" for p in phases)
     phases = [p for p in phases if not (force and p.name == "preflight")]
     ctx, log_dir = run_phases(config, ws, "create-cluster", phases, accept_new_host_keys, concurrency,
@@ -102,6 +109,28 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bo
               f"{changed} file(s) changed. Logs: {log_dir}")
     if ws.kubeconfig_path.exists() and kubernetes:
         out.print(f"Kubeconfig: {ws.kubeconfig_path} (kubectl --kubeconfig {ws.kubeconfig_path} get nodes)")
+
+
+def refuse_changes_to_a_running_cluster(config: ClusterConfig, ws: Workspace) -> None:
+    """Re-running create on a cluster it made must not change what cannot change (VIPs, pools...)."""
+    from bmctl import applied
+    from bmctl.config import ConfigError, Problem, parse_config
+    from bmctl.config.changes import compare
+    from bmctl.config.loader import locate
+    text = applied.read_local(ws)
+    if text is None:
+        return
+    try:
+        before = parse_config(text, str(ws.applied_path))
+    except ConfigError:
+        return
+    refused = compare(before, config).refused
+    if refused:
+        problems = locate(config, refused)
+        raise ConfigError(problems + [Problem(
+            "", f"cluster {config.name} is running with the config in {ws.applied_path}; {len(problems)} change(s) "
+            "above cannot be made to it; nothing was changed",
+            "undo them; other load-balancer changes go through `bmctl update loadbalancer`", config.path)])
 
 
 def check_preflight(target: str, workspace: Path | None, output: str, accept_new_host_keys: bool,
@@ -148,6 +177,7 @@ def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: boo
         if not yes:
             raise BmctlError("reset cancelled; nothing was changed.", "answer y, or pass --force to skip the question.")
     _, log_dir = run_phases(config, ws, "reset-cluster", [Reset()], accept_new_host_keys, concurrency)
-    if ws.kubeconfig_path.exists():
-        ws.kubeconfig_path.unlink()
+    for path in (ws.kubeconfig_path, ws.applied_path):
+        if path.exists():
+            path.unlink()
     out.print(f"Reset {len(config.all_nodes)} node(s) of cluster {config.name}. Logs: {log_dir}")

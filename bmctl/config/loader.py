@@ -284,3 +284,16 @@ def parse_config(text: str, filename: str, expected_name: str | None = None) -> 
         raise ConfigError(_sorted(out.problems))
     return model.ClusterConfig(path=filename, header=header, cluster=cluster, node_pools=config.node_pools,
                                warnings=tuple(out.problems))
+
+
+def locate(config: model.ClusterConfig, findings: list[rules.Finding]) -> list[Problem]:
+    """Findings about the Cluster document of a loaded config, as problems with file:line."""
+    out = _Collector(config.path)
+    try:
+        docs = load_documents(FsPath(config.path).read_text(encoding="utf-8"), config.path)
+    except (OSError, ConfigError):
+        docs = []
+    cluster_doc = next((d for d in docs if isinstance(d.data, dict) and d.data.get("kind") == "Cluster"), None)
+    for f in findings:
+        out.add(cluster_doc, "", f)
+    return _sorted(out.problems)

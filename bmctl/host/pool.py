@@ -13,10 +13,12 @@ T = TypeVar("T")
 class Inventory:
     """One Host (one SSH connection) per node, shared by every phase of a run."""
 
-    def __init__(self, config: ClusterConfig, access: AccessOptions, concurrency: int = 16) -> None:
+    def __init__(self, config: ClusterConfig, access: AccessOptions, concurrency: int = 16,
+                 extra: tuple[str, ...] = ()) -> None:
+        """`extra`: nodes no longer in the config that the run still works on (LB nodes being removed)."""
         self.access = access
         self.concurrency = max(1, concurrency)
-        self.hosts = {n.address: Host(n.address, access) for n in config.all_nodes}
+        self.hosts = {a: Host(a, access) for a in [*(n.address for n in config.all_nodes), *extra]}
 
     def __getitem__(self, address: str) -> Host:
         return self.hosts[address]

@@ -6,7 +6,9 @@ kubelet's job that bmctl relies on, for the manifests in /etc/kubernetes/manifes
 - each hostPath volumeMount is bind-mounted at its mountPath in a private mount namespace of that
   container (a wrong path in a manifest therefore breaks the container, as on a real node), and the
   container gets a private /run;
-- a container that exits is restarted after a second (restartPolicy Always); a changed manifest
+- a hostPath of type DirectoryOrCreate is created;
+- a container whose main process exits loses its other processes (as a container does) and is
+  restarted after a second (restartPolicy Always); a changed manifest
   restarts its pod; a removed manifest stops it.
 Nothing else of a kubelet (images, probes, status) is emulated. It is lab-only: bmctl never knows.
 """
@@ -90,6 +92,8 @@ def parse_manifest(path: Path) -> list[Container]:
             vol = volumes[m["name"]]
             if "hostPath" not in vol:
                 continue
+            if vol["hostPath"].get("type") == "DirectoryOrCreate":
+                os.makedirs(vol["hostPath"]["path"], mode=0o755, exist_ok=True)
             mounts.append((vol["hostPath"]["path"], m["mountPath"], bool(m.get("readOnly"))))
         out.append(Container(name, c["name"], argv, mounts, digest))
     return out
@@ -165,6 +169,11 @@ class Runner:
                 if now >= current.next_start:
                     self._start(current)
             elif current.proc.poll() is not None:
+                # as in a container, the other processes die with the main one
+                try:
+                    os.killpg(current.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self._note(current, f"exited with {current.proc.returncode}; restarting in 1 s")
                 current.proc = None
                 current.restarts += 1

@@ -35,6 +35,12 @@ class Context:
         self.options.setdefault("file_changes", {}).setdefault(address, []).extend(changes)
         return changes
 
+    def only(self, addresses: list[str]) -> list[str]:
+        """The addresses this run works on: all, or those in options["only_nodes"] (an update that
+        adds nodes provisions and joins just those)."""
+        only = self.options.get("only_nodes")
+        return addresses if only is None else [a for a in addresses if a in only]
+
     def node_facts(self, addresses: list[str]) -> dict[str, NodeFacts]:
         """Facts read from the nodes (preflight reads them; with --force they are read here)."""
         missing = [a for a in addresses if a not in self.facts or self.facts[a].assumed]

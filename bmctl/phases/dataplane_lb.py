@@ -3,7 +3,11 @@ from __future__ import annotations
 import yaml
 
 from bmctl.config.model import LB_NODE_LABEL
+from kubernetes.client.rest import ApiException
+
+from bmctl.errors import BmctlError
 from bmctl.kube import Kube, wait
+from bmctl.phases.drift import find_drift, restore, stranded_services
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
 from bmctl.render import kube_proxy_config, metallb_manifests
 from bmctl.render.engine import RenderedFile
@@ -43,6 +47,21 @@ def _ready_pods(kube: Kube, selector: str) -> list:
         c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
 
 
+def refuse_stranding(kube: Kube, config) -> None:
+    """Never apply pools that would take an assigned IP away from a Service."""
+    try:
+        stranded = stranded_services(kube, config)
+    except ApiException as exc:
+        if exc.status == 404:  # no Services API yet? nothing can be stranded
+            return
+        raise
+    if stranded:
+        raise BmctlError(f"the address pools in the config would take the external IP away from "
+                         f"{len(stranded)} Service(s): {', '.join(stranded)}. Nothing was changed.",
+                         "keep the pools able to hand out those IPs (e.g. leave avoidBuggyIPs false on the pool "
+                         "that holds an address ending in .0 or .255), or move the Services to other IPs first.")
+
+
 class DataPlaneLB(Phase):
     name = "data-plane-lb"
     title = "Data-plane load balancer (MetalLB, layer 2)"
@@ -65,6 +84,7 @@ class DataPlaneLB(Phase):
 
     def run(self, ctx: Context) -> None:
         kube = Kube(ctx.options["kubeconfig_path"])
+        refuse_stranding(kube, ctx.config)
         names = label_lb_nodes(ctx, kube)
         ctx.progress.note(f"labelled {LB_NODE_LABEL}=true: {', '.join(names)}")
         for manifest in metallb_manifests(ctx.config, ctx.secrets):
@@ -83,7 +103,13 @@ class DataPlaneLB(Phase):
             ctx.progress.note(f"applied {manifest.path} ({len(objs)} object(s))")
         wait("the MetalLB controller pod to be ready", lambda: _ready_pods(kube, "app=metallb,component=controller"),
              WAIT_SECONDS, 2)
-        want = len(names)
-        wait(f"MetalLB speakers ready on all {want} load-balancer nodes",
-             lambda: len(_ready_pods(kube, "app=metallb,component=speaker")) >= want, WAIT_SECONDS, 2)
-        ctx.progress.note(f"MetalLB controller ready; {want} speaker(s) ready")
+        drift = [d for d in find_drift(kube, ctx.config, ctx.secrets) if d.action != "apply"]
+        if drift:
+            restore(kube, drift)
+            for d in drift:
+                ctx.progress.note(f"restored {d.kind} {d.name}: {d.what}")
+        want = set(names)
+        wait(f"MetalLB speakers ready on exactly the {len(want)} load-balancer node(s) {', '.join(sorted(want))}",
+             lambda: {p.spec.node_name for p in _ready_pods(kube, "app=metallb,component=speaker")} == want,
+             WAIT_SECONDS, 2)
+        ctx.progress.note(f"MetalLB controller ready; {len(want)} speaker(s) ready")

@@ -2,12 +2,14 @@
 time, the other nodes in parallel; the admin kubeconfig lands in the workspace."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from bmctl.host import Host, sync_files
+from bmctl.kube import Kube
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.render.kubeadm import KUBEADM_CONFIG, kubeadm_action, kubeadm_config
 from bmctl.workspace import write_private
@@ -40,7 +42,10 @@ class Kubeadm(Phase):
     def plan(self, ctx: Context) -> list[Step]:
         config = ctx.config
         steps = []
+        only = set(ctx.only([n.address for n in config.all_nodes]))
         for node in config.all_nodes:
+            if node.address not in only:
+                continue
             action = kubeadm_action(config, node)
             what = {"init": "kubeadm init (first control-plane node)",
                     "join-control-plane": "kubeadm join --control-plane (one at a time)",
@@ -75,7 +80,28 @@ class Kubeadm(Phase):
             h.run(["kubeadm", "join", "--config", KUBEADM_CONFIG], step="kubeadm join", timeout=900)
             ctx.progress.host(h.address, f"{kubeadm_action(config, node)} done")
 
+        joining = ctx.only([n.address for n in config.all_nodes[1:]])
+        if ctx.options.get("only_nodes") is not None and joining and kubeconfig is not None:
+            refresh_bootstrap_token(Kube(kubeconfig), ctx.secrets.bootstrap_token)
+            ctx.progress.note("bootstrap token valid for another 2 h (joining nodes to a running cluster)")
         for node in config.control_plane_nodes[1:]:  # etcd grows one member at a time
-            join(inv[node.address])
-        others = [n.address for n in config.all_nodes if kubeadm_action(config, n) == "join"]
+            if node.address in joining:
+                join(inv[node.address])
+        others = [n.address for n in config.all_nodes if kubeadm_action(config, n) == "join"
+                  and n.address in joining]
         inv.parallel(others, join)
+
+
+def refresh_bootstrap_token(kube: Kube, token: str, hours: int = 2) -> None:
+    """(Re)create kubeadm's bootstrap token Secret so that nodes can join after the first 2 h
+    (what `kubeadm token create` does, with bmctl's own token)."""
+    token_id, token_secret = token.split(".")
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(hours=hours)
+    kube.apply({
+        "apiVersion": "v1", "kind": "Secret", "type": "bootstrap.kubernetes.io/token",
+        "metadata": {"name": f"bootstrap-token-{token_id}", "namespace": "kube-system"},
+        "stringData": {"token-id": token_id, "token-secret": token_secret,
+                       "expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                       "usage-bootstrap-authentication": "true", "usage-bootstrap-signing": "true",
+                       "auth-extra-groups": "system:bootstrappers:kubeadm:default-node-token"},
+    })

@@ -209,7 +209,10 @@ def _arp_candidates(config: ClusterConfig) -> list[str]:
     return list(dict.fromkeys(ips))
 
 
-def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str, NodeFacts]) -> list[Check]:
+def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str, NodeFacts],
+                   also_ours: frozenset[str] = frozenset()) -> list[Check]:
+    """Segment, free addresses and VRRP id. `also_ours`: IPs of LB nodes an update is removing (still
+    ours while it runs); their MACs are ours too when `facts` has them."""
     if not config.bundled:
         return []
     checks, net = _segment(config, facts)
@@ -227,7 +230,7 @@ def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str,
         checks.append(Check(first.address, "addresses free", "fail" if answering else "ok",
                             f"already answering ARP: {', '.join(answering)}" if answering else
                             f"no answer from {len(candidates)} VIP and pool address(es)"))
-    ours = {n.ip for n in config.lb_nodes}
+    ours = {n.ip for n in config.lb_nodes} | set(also_ours)
     vrid = config.virtual_router_id
     res = host.run(["python3", "-c", _VRRP_LISTEN, iface, str(VRRP_LISTEN_SECONDS)],
                    step="listen for VRRP adverts", timeout=VRRP_LISTEN_SECONDS + 30)
@@ -283,9 +286,14 @@ class Preflight(Phase):
         checks, facts = run_preflight(ctx.config, ctx.inventory, ctx.options.get("kubernetes", True))
         ctx.facts.update(facts)
         ctx.options["preflight"] = checks
-        for c in checks:
-            if c.status != "ok":
-                ctx.progress.host(c.node, f"{c.check}: {c.detail}", c.status)
-        if any(c.status == "fail" for c in checks):
-            raise PreflightFailed(checks)
+        report(ctx, checks)
         ctx.progress.note(f"{len(checks)} checks passed on {len(facts)} node(s)")
+
+
+def report(ctx: Context, checks: list[Check]) -> None:
+    """Show what is not ok per node; stop the run if anything failed."""
+    for c in checks:
+        if c.status != "ok":
+            ctx.progress.host(c.node, f"{c.check}: {c.detail}", c.status)
+    if any(c.status == "fail" for c in checks):
+        raise PreflightFailed(checks)

@@ -60,10 +60,10 @@ class Provision(Phase):
     def plan(self, ctx: Context) -> list[Step]:
         ipvs = ctx.config.spec.clusterNetwork.kubeProxyMode == "ipvs"
         steps = []
-        for node in ctx.config.all_nodes:
-            steps.append(Step(node.address, "kernel modules and sysctls", provision_files(ipvs)))
-            steps.append(Step(node.address, "open in the firewall (ufw or firewalld, when active): " +
-                              ", ".join(firewall_ports(ctx.config, node.address))))
+        for address in ctx.only([n.address for n in ctx.config.all_nodes]):
+            steps.append(Step(address, "kernel modules and sysctls", provision_files(ipvs)))
+            steps.append(Step(address, "open in the firewall (ufw or firewalld, when active): " +
+                              ", ".join(firewall_ports(ctx.config, address))))
         return steps
 
     def run(self, ctx: Context) -> None:
@@ -84,4 +84,4 @@ class Provision(Phase):
                 ctx.progress.host(host.address, f"kernel modules not loaded: {', '.join(missing)} "
                                                 "(Kubernetes networking may need them)", "warn")
 
-        ctx.inventory.parallel([n.address for n in ctx.config.all_nodes], provision)
+        ctx.inventory.parallel(ctx.only([n.address for n in ctx.config.all_nodes]), provision)

@@ -10,11 +10,11 @@ from bmctl.phases.base import Context, Phase, Step
 from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
 from bmctl.render.controlplane_lb import (CHECK_SCRIPT, HAPROXY_DIR, HAPROXY_HEALTH_PORT, KEEPALIVED_DIR,
-                                          MANIFEST_DIR)
+                                          MANIFEST_DIR, status_file)
 from bmctl.render.kubeadm import KUBEADM_CONFIG
 
 LB_FILES = [f"{MANIFEST_DIR}/keepalived.yaml", f"{MANIFEST_DIR}/haproxy.yaml", f"{KEEPALIVED_DIR}/keepalived.conf",
-            CHECK_SCRIPT, f"{HAPROXY_DIR}/haproxy.cfg"]
+            CHECK_SCRIPT, f"{HAPROXY_DIR}/haproxy.cfg", status_file("haproxy"), status_file("keepalived")]
 NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE]
 STOP_SECONDS = 60
 

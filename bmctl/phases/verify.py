@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from bmctl import applied
 from bmctl.kube import Kube, wait
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
 
@@ -14,6 +15,7 @@ class Verify(Phase):
                                f"{config.lb.ports.controlPlaneLBPort}; every node registered")]
         if config.bundled:
             steps.append(Step(CLUSTER, "MetalLB controller and speakers ready; pools accepted"))
+        steps.append(Step(CLUSTER, "record the applied config (ConfigMap kube-system/bmctl-applied-config)"))
         return steps
 
     def run(self, ctx: Context) -> None:
@@ -26,3 +28,8 @@ class Verify(Phase):
             return ips <= seen
         wait("every node to register", registered, 300, 2)
         ctx.progress.note(f"API answers through the VIP; {len(ips)} node(s) registered")
+        text = ctx.options.get("config_text")
+        if text is not None and ctx.options.get("workspace") is not None:
+            applied.store(kube, ctx.options["workspace"], text)
+            ctx.progress.note("applied config recorded (ConfigMap kube-system/bmctl-applied-config and "
+                              "the workspace)")

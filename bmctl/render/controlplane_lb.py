@@ -1,11 +1,13 @@
 """Keepalived + HAProxy files for each load-balancer node (config -> files, nothing else)."""
 from __future__ import annotations
 
+import hashlib
+
 from netaddr import IPAddress
 
 from bmctl.config.model import APISERVER_PORT, ClusterConfig, Node
 from bmctl.render import images
-from bmctl.render.engine import RenderedFile, render, sha256
+from bmctl.render.engine import RenderedFile, render
 from bmctl.render.facts import NodeFacts
 
 KEEPALIVED_DIR = "/etc/keepalived"
@@ -14,6 +16,9 @@ MANIFEST_DIR = "/etc/kubernetes/manifests"
 HAPROXY_CONTAINER_DIR = "/usr/local/etc/haproxy"
 HAPROXY_HEALTH_PORT = 6445
 CHECK_SCRIPT = f"{KEEPALIVED_DIR}/check_haproxy.sh"
+# Where each LB pod's reloader writes the digest of the configuration its process runs with
+# (bmctl waits for it after a change before touching the next node).
+STATUS_DIR = "/var/lib/bmctl/lb"
 
 # HAProxy timeouts: long enough that idle watches and `kubectl logs -f` are not cut.
 TIMEOUTS = {"client": "24h", "server": "24h", "tunnel": "24h"}
@@ -69,6 +74,20 @@ def keepalived_conf(config: ClusterConfig, node: Node, facts: NodeFacts) -> str:
     )
 
 
+def loaded_digest(*contents: str) -> str:
+    """What the reloader writes to its status file: sha256 of the files' bytes, concatenated."""
+    return hashlib.sha256("".join(contents).encode()).hexdigest()
+
+
+def status_file(pod: str) -> str:
+    return f"{STATUS_DIR}/{pod}.loaded"
+
+
+def _reloader(name: str, files: list[str], command: str, signal: str, check: str, note: str) -> str:
+    return render("static-pods/reload-on-change.sh.j2", name=name, files=files, command=command, signal=signal,
+                  check=check, status_file=status_file(name), reload_note=note).rstrip("\n")
+
+
 def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[RenderedFile]:
     """Every file bmctl writes on one LB node, in the order they must land.
 
@@ -78,13 +97,20 @@ def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[R
     cfg = haproxy_cfg(config)
     kconf = keepalived_conf(config, node, facts)
     script = check_script()
+    container_cfg = f"{HAPROXY_CONTAINER_DIR}/haproxy.cfg"
+    haproxy_run = _reloader("haproxy", [container_cfg], f"haproxy -W -db -f {container_cfg}", "USR2",
+                            f"haproxy -c -q -f {container_cfg}",
+                            "SIGUSR2: a new worker takes over the listening sockets")
+    kconf_path = f"{KEEPALIVED_DIR}/keepalived.conf"
+    keepalived_run = _reloader("keepalived", [kconf_path, CHECK_SCRIPT],
+                               f"keepalived --dont-fork --log-console --vrrp --use-file={kconf_path}", "HUP", "",
+                               "SIGHUP: the VRRP instance keeps its state, a master stays master")
     haproxy_pod = render("haproxy/haproxy.yaml.j2", cluster=config.name, image=images.HAPROXY,
-                         config_sha256=sha256(cfg), health_port=HAPROXY_HEALTH_PORT,
-                         container_config_dir=HAPROXY_CONTAINER_DIR,
-                         container_config=f"{HAPROXY_CONTAINER_DIR}/haproxy.cfg", host_config_dir=HAPROXY_DIR)
+                         health_port=HAPROXY_HEALTH_PORT, container_config_dir=HAPROXY_CONTAINER_DIR,
+                         host_config_dir=HAPROXY_DIR, wrapper=haproxy_run, status_dir=STATUS_DIR)
     keepalived_pod = render("keepalived/keepalived.yaml.j2", cluster=config.name, image=images.KEEPALIVED,
-                            config_sha256=sha256(kconf, script), container_config_dir=KEEPALIVED_DIR,
-                            host_config_dir=KEEPALIVED_DIR)
+                            container_config_dir=KEEPALIVED_DIR, host_config_dir=KEEPALIVED_DIR,
+                            wrapper=keepalived_run, status_dir=STATUS_DIR)
     return [
         RenderedFile(f"{HAPROXY_DIR}/haproxy.cfg", cfg),
         RenderedFile(CHECK_SCRIPT, script, mode=0o755),
