@@ -274,6 +274,7 @@ def test_killed_run_converges(lab, created):
     run.wait()
     proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb", config=path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "took over the lock of create cluster" in proc.stdout  # its holder is dead: no waiting
     for node in lab.control_planes():
         folder = lab.node_file(node, "/etc/kubernetes/manifests/haproxy.yaml").parent
         assert not [p for p in folder.iterdir() if p.name.startswith(".bmctl.")]
@@ -283,3 +284,193 @@ def test_killed_run_converges(lab, created):
     proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lab.wait_request(timeout=20)
+
+
+def lock_file(lab):
+    return lab.lab.state_dir / lab.control_planes()[0]["name"] / "fs" / "var_lib_bmctl" / "lock"
+
+
+def test_a_second_run_is_refused_naming_the_holder(lab, created):
+    first = lab.bmctl("create", "cluster", "--until", "control-plane-lb", background=True)
+    try:
+        wait_for(lambda: lock_file(lab).exists() and f"pid {first.pid}" in lock_file(lab).read_text(), 30,
+                 "the first run's lock", interval=0.05)
+        second = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+        assert second.returncode == 1
+        assert "another bmctl run holds the lock" in second.stderr and f"pid {first.pid}" in second.stderr
+        assert "create cluster" in second.stderr and "Traceback" not in second.stderr
+    finally:
+        out, err = first.communicate(timeout=300)
+    assert first.returncode == 0, out + err
+    assert not lock_file(lab).exists()  # released at the end
+
+
+def test_a_stale_lock_is_taken_over(lab, created):
+    path = lock_file(lab)
+    stale = int(time.time()) - 600
+    path.write_text(f"token=feedface\nowner=ops@elsewhere pid 4242\ncommand=update loadbalancer\n"
+                    f"started=2026-01-01T00:00:00Z\nheartbeat={stale}\n")
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "took over the lock of update loadbalancer by ops@elsewhere pid 4242" in proc.stdout
+    assert not path.exists()
+
+
+def drop(lab, node: dict, on: bool) -> None:
+    """Drop every frame between the node and the bridge (its port down in the bridge namespace):
+    its sshd sees nothing, open TCP connections stall."""
+    lab.set_link(node, up=not on)
+
+
+FAST_SSH = {"BMCTL_SSH_STALL_SECONDS": "3", "BMCTL_SSH_RETRY_SECONDS": "20"}
+
+
+def test_a_short_ssh_outage_is_ridden_out(lab, created, monkeypatch):
+    for k, v in FAST_SSH.items():
+        monkeypatch.setenv(k, v)
+    node = lab.control_planes()[1]
+    drop(lab, node, True)
+    try:
+        run = lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb", background=True)
+        time.sleep(6)
+    finally:
+        drop(lab, node, False)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 0, out + err
+    logs = sorted((lab.workspace / "lab" / "log").glob("create-cluster-*"))[-1]
+    assert "retrying" in (logs / f"{node['address']}.log").read_text()
+
+
+def test_a_long_ssh_outage_fails_naming_the_host_and_a_rerun_converges(lab, created, monkeypatch):
+    for k, v in FAST_SSH.items():
+        monkeypatch.setenv(k, v)
+    def mutate(docs):
+        docs[2]["spec"]["loadBalancer"]["vrrp"] = {"advertInterval": 0.3}
+    path = write_variant(lab, mutate, "advert-0.3.yaml")
+    node = lab.control_planes()[1]
+    drop(lab, node, True)
+    try:
+        start = time.monotonic()
+        proc = lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb", config=path, timeout=180)
+        took = time.monotonic() - start
+    finally:
+        drop(lab, node, False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"{node['address']}:" in proc.stderr and "connection lost" in proc.stderr and "retried for 20 s" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert took < 20 + 3 * 3 + 30, took  # the retry bound, a last connect, start-up
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb", config=path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    dry = lab.bmctl("create", "cluster", "--dry-run", config=path)
+    assert dry.returncode == 0
+    for n in lab.control_planes():
+        text = lab.node_file(n, "/etc/keepalived/keepalived.conf").read_text()
+        assert "advert_int 0.3" in text
+        for f in ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf"):
+            assert lab.node_file(n, f).read_text() == (lab.workspace / "lab" / "dry-run" / n["address"] /
+                                                        f.lstrip("/")).read_text()
+    assert lab.bmctl("create", "cluster", "--until", "control-plane-lb").returncode == 0
+
+
+def test_shell_metacharacters_never_run_anything(lab, created, tmp_path):
+    """Every string a user writes, set to something that would create a marker file if it ever
+    reached a shell (here, on a node or on this machine): rejected by validation, or used as plain
+    data (key paths are opened by paramiko), never run."""
+    marker = tmp_path / "pwned"
+    payloads = [f"x;touch {marker}", f"$(touch {marker})", f"x'\ntouch {marker} '"]
+    fields = {
+        "sshPrivateKeyPath": lambda d, v: d[0].update(sshPrivateKeyPath=v),
+        "sshKnownHostsPath": lambda d, v: d[0].update(sshKnownHostsPath=v),
+        "loginUser": lambda d, v: d[2]["spec"]["nodeAccess"].update(loginUser=v),
+        "node address": lambda d, v: d[2]["spec"]["controlPlane"]["nodePoolSpec"]["nodes"][1].update(address=v),
+        "pool name": lambda d, v: d[2]["spec"]["loadBalancer"]["addressPools"][0].update(name=v),
+        "vrrp interface": lambda d, v: d[2]["spec"]["loadBalancer"].update(vrrp={"interface": v}),
+        "cluster name": lambda d, v: d[2]["metadata"].update(name=v),
+    }
+    for field, mutate in fields.items():
+        for i, payload in enumerate(payloads):
+            path = write_variant(lab, lambda docs: mutate(docs, payload), f"inject-{i}.yaml")
+            for args in (["check", "preflight", "--until", "control-plane-lb"],
+                         ["create", "cluster", "--until", "control-plane-lb"]):
+                proc = lab.bmctl(*args, config=path, timeout=120)
+                assert proc.returncode == 1, (field, payload, proc.stdout, proc.stderr)
+                assert "Traceback" not in proc.stderr
+                assert not marker.exists(), (field, payload, args)
+    # nothing on the nodes changed either: a normal run finds every file as it was
+    proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+    assert proc.returncode == 0 and "0 file(s) changed" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_rebooted_node_comes_back_with_its_vip_machinery(lab, created):
+    """The VIP master loses power (every process of the node SIGKILLed, its /run gone) and boots
+    again: the VIP moves away at once, and the node's keepalived and haproxy come back from the
+    static pod manifests, ready to take the VIP again."""
+    old = master(lab)
+    pids = (lab.pod_pid(old, "keepalived"), lab.pod_pid(old, "haproxy"))
+    lab.reboot(old)
+    lab.wait_request(timeout=15)
+    wait_for(lambda: all((lab.lab.state_dir / old["name"] / "pods" / f"{p}_{p}.pid").exists()
+                         for p in ("keepalived", "haproxy")), 30, "the static pods to start again")
+    assert (lab.pod_pid(old, "keepalived"), lab.pod_pid(old, "haproxy")) != pids
+    holders_settle(lab, timeout=20)
+    others = [n for n in lab.control_planes() if n is not old]
+    for n in others:
+        lab.set_link(n, up=False)
+    try:
+        wait_for(lambda: lab.vip_holders(VIP, [old]) == [old["address"]], 20, "the rebooted node to take the VIP")
+        lab.wait_request(timeout=15)
+    finally:
+        for n in others:
+            lab.set_link(n, up=True)
+    holders_settle(lab, timeout=20)
+
+
+def managed_files(lab) -> dict:
+    out = {}
+    for n in lab.control_planes():
+        for f in ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", "/etc/keepalived/check_haproxy.sh",
+                  "/etc/kubernetes/manifests/haproxy.yaml", "/etc/kubernetes/manifests/keepalived.yaml",
+                  "/etc/sysctl.d/90-bmctl.conf", "/etc/modules-load.d/bmctl.conf"):
+            p = lab.node_file(n, f)
+            out[(n["name"], f)] = (p.read_text(), oct(p.stat().st_mode & 0o777)) if p.exists() else None
+        folder = lab.node_file(n, "/etc/haproxy/haproxy.cfg").parent
+        out[(n["name"], "temp files")] = sorted(p.name for p in folder.iterdir() if p.name.startswith(".bmctl."))
+    return out
+
+
+def test_killed_at_random_points_every_rerun_converges(lab, created):
+    """bmctl SIGKILLed at 20 random moments of `create cluster` (to the control-plane LB), each time
+    re-run (and killed again); the last, uninterrupted run leaves exactly what an uninterrupted run
+    leaves: every managed file, its mode, no temp file, one VIP holder answering."""
+    import random
+    rng = random.Random(20261123)
+    def mutate(docs):
+        docs[2]["spec"]["loadBalancer"]["vrrp"] = {"advertInterval": 0.25}
+    target = write_variant(lab, mutate, "advert-0.25.yaml")
+    # the uninterrupted reference (and how long it takes), then back to the original config
+    start = time.monotonic()
+    assert lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb", config=target).returncode == 0
+    took = time.monotonic() - start
+    reference = managed_files(lab)
+    assert lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb").returncode == 0
+    assert managed_files(lab) != reference
+    kills: list[float] = []
+    for _ in range(60):
+        if len(kills) == 20:
+            break
+        at = rng.uniform(0.2, took)
+        run = lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb", config=target,
+                        background=True)
+        time.sleep(at)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            kills.append(round(at, 2))
+        run.communicate()
+    print(f"uninterrupted run {took:.1f} s; killed at {len(kills)} points: {sorted(kills)}")
+    assert len(kills) == 20, kills
+    proc = lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb", config=target)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert managed_files(lab) == reference
+    holders_settle(lab, timeout=20)
+    lab.wait_request(timeout=15)
+    assert lab.bmctl("create", "cluster", "--force", "--until", "control-plane-lb").returncode == 0

@@ -53,6 +53,33 @@ def test_create_cluster_from_nothing(lab, cluster):
     assert {p.status.host_ip for p in speakers} == lb_ips
 
 
+def test_secrets_never_leave_their_0600_files(lab, cluster):
+    """The memberlist key, bootstrap token, certificate key and the admin kubeconfig's credentials:
+    in no log, no progress output, no dry-run file; workspace files 0600 in 0700 folders."""
+    proc, _ = cluster
+    ws = lab.workspace / "lab"
+    values = [v for v in yaml.safe_load((ws / ".secrets.yaml").read_text()).values()]
+    values += [values[1].split(".")[1]]  # the token's secret half, alone
+    kubeconfig = yaml.safe_load((ws / "lab-kubeconfig").read_text())
+    values += [u["user"][k] for u in kubeconfig["users"] for k in ("client-key-data", "token") if k in u["user"]]
+    assert len(values) >= 5
+    dry = lab.bmctl("create", "cluster", "--dry-run")
+    assert dry.returncode == 0
+    texts = {"create stdout": proc.stdout + proc.stderr, "dry-run stdout": dry.stdout}
+    for path in [*(ws / "log").rglob("*"), *(ws / "dry-run").rglob("*")]:
+        if path.is_file():
+            texts[str(path)] = path.read_text(errors="replace")
+    assert len(texts) > 10
+    for where, text in texts.items():
+        for value in values:
+            assert value not in text, f"a secret appears in {where}"
+    for path in ws.rglob("*"):
+        if "lab-state" in path.relative_to(ws).parts:
+            continue  # the lab's own machines, not bmctl's workspace
+        mode = path.stat().st_mode & 0o777
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+
+
 def test_second_create_changes_nothing(lab, cluster):
     proc = lab.bmctl("create", "cluster", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

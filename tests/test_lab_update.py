@@ -336,3 +336,51 @@ def test_removing_an_lb_node_stops_everything_on_it(lab, cluster):
 
 def labelled_all(kube) -> set[str]:
     return {a.address for n in kube("list_node").items for a in n.status.addresses if a.type == "InternalIP"}
+
+
+def cluster_state(lab, kube) -> dict:
+    cm = kube("read_namespaced_config_map", "bmctl-applied-config", "kube-system")
+    return {"files": node_files(lab), "metallb": metallb_objects(lab), "labelled": labelled(kube),
+            "applied": cm.data["config.yaml"]}
+
+
+def test_update_killed_at_random_points_converges(lab, cluster):
+    """`update loadbalancer` SIGKILLed at 20 random moments, re-run each time; the final run leaves
+    what an uninterrupted update leaves: every LB file on every node, every MetalLB object, the
+    lbnode labels and the recorded config."""
+    import os
+    import random
+    import signal
+    rng = random.Random(5)
+    kube, config = cluster["kube"], cluster["config"]
+    back = next(n for n in lab.lb_nodes() if n["address"] not in
+                {m["address"] for m in config.lb["nodePoolSpec"]["nodes"]})
+    before = config.write("before-kills.yaml")
+    config.lb["nodePoolSpec"]["nodes"].append({"address": back["address"]})
+    config.pool("edge")["manualAssign"] = False
+    after = config.write("after-kills.yaml")
+    start = time.monotonic()
+    proc = update(lab, after, "--yes")
+    took = time.monotonic() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    reference = cluster_state(lab, kube)
+    assert update(lab, before, "--yes").returncode == 0
+    assert cluster_state(lab, kube) != reference
+    kills: list[float] = []
+    for _ in range(60):
+        if len(kills) == 20:
+            break
+        at = rng.uniform(0.3, took)
+        run = lab.bmctl("update", "loadbalancer", "--yes", config=after, background=True)
+        time.sleep(at)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            kills.append(round(at, 1))
+        run.communicate()
+    print(f"uninterrupted update {took:.1f} s; killed at {len(kills)} points: {sorted(kills)}")
+    assert len(kills) == 20
+    proc = update(lab, after, "--yes")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    wait_for(lambda: cluster_state(lab, kube) == reference, 30, "the state of the uninterrupted update")
+    assert len(lab.vip_holders()) == 1
+    assert "Nothing to update" in update(lab, after, "--yes").stdout

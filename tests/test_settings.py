@@ -89,9 +89,12 @@ def test_static_pods_mount_the_config_they_read():
         pod = yaml.safe_load(files[f"/etc/kubernetes/manifests/{name}.yaml"].content)
         assert pod["spec"]["hostNetwork"] is True
         (container,) = pod["spec"]["containers"]
-        (mount,) = container["volumeMounts"]
-        (volume,) = pod["spec"]["volumes"]
-        assert volume["hostPath"]["path"] == conf.rsplit("/", 1)[0]
+        mount, status_mount = container["volumeMounts"]
+        volume, status = pod["spec"]["volumes"]
+        assert volume["hostPath"]["path"] == conf.rsplit("/", 1)[0] and mount.get("readOnly") is True
+        # the reloader reports what it loaded in a writable folder of the host
+        assert status["hostPath"] == {"path": "/var/lib/bmctl/lb", "type": "DirectoryOrCreate"}
+        assert status_mount["mountPath"] == "/var/lib/bmctl/lb" and not status_mount.get("readOnly")
         # the file the command reads is inside the mount, under the same name
         args = " ".join(container["command"])
         read = re.search(rf"({re.escape(mount['mountPath'])}/\S+)", args).group(1)
@@ -100,13 +103,23 @@ def test_static_pods_mount_the_config_they_read():
     assert set(caps["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW", "NET_BROADCAST", "SYS_NICE"}
 
 
-def test_config_change_changes_the_pod_annotation():
+def test_config_change_reloads_in_place_instead_of_restarting_the_pod():
+    """A changed haproxy.cfg or keepalived.conf leaves the static pod manifests as they are (a new
+    manifest would restart the pod and move the VIP); the pods' reloaders pick the change up."""
     a = config_from(base_docs())
     docs = base_docs()
     docs[2]["spec"]["controlPlane"]["nodePoolSpec"]["nodes"].append({"address": "192.0.2.14"})
+    docs[2]["spec"]["loadBalancer"]["vrrp"] = {"advertInterval": 0.5}
     b = config_from(docs)
-    pod = lambda c: [f for f in lb_node_files(c, c.lb_nodes[0], NodeFacts("eth0")) if f.path.endswith("haproxy.yaml")][0]
-    assert pod(a).content != pod(b).content
+    files = lambda c: {f.path: f.content for f in lb_node_files(c, c.lb_nodes[0], NodeFacts("eth0"))}  # noqa: E731
+    fa, fb = files(a), files(b)
+    assert fa["/etc/haproxy/haproxy.cfg"] != fb["/etc/haproxy/haproxy.cfg"]
+    assert fa["/etc/keepalived/keepalived.conf"] != fb["/etc/keepalived/keepalived.conf"]
+    for pod in ("haproxy", "keepalived"):
+        path = f"/etc/kubernetes/manifests/{pod}.yaml"
+        assert fa[path] == fb[path]
+        script = yaml.safe_load(fa[path])["spec"]["containers"][0]["command"][2]
+        assert "sha256sum" in script and ("USR2" if pod == "haproxy" else "HUP") in script
 
 
 def metallb_docs(config, secrets=None):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -11,6 +12,7 @@ from bmctl import runlog
 from bmctl.config import ClusterConfig, load_config, resolve_path
 from bmctl.errors import BmctlError
 from bmctl.host import AccessOptions, Inventory
+from bmctl.host.lock import ClusterLock
 from bmctl.output import err, out, print_plan, print_problems
 from bmctl.phases import Context, Phase, create_cluster_phases
 from bmctl.phases.plan import plan, write_plan
@@ -29,9 +31,28 @@ def load(target: str, workspace: Path | None) -> tuple[ClusterConfig, Workspace]
     return config, Workspace(config.name, root)
 
 
+def _env_seconds(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise BmctlError(f"{name}={value!r} is not a number of seconds.", f"set {name} to e.g. {default:g}.") from None
+    if not 0 < seconds <= 3600:
+        raise BmctlError(f"{name}={value!r} is out of range.", "use a value between 1 and 3600 seconds.")
+    return seconds
+
+
 def access(config: ClusterConfig, accept_new_host_keys: bool) -> AccessOptions:
+    """How to reach the nodes. BMCTL_SSH_RETRY_SECONDS (60) bounds how long a lost connection is
+    retried; BMCTL_SSH_STALL_SECONDS (30) is how long a quick command may stay silent before its
+    connection counts as dead (also the connect timeout when shorter than 10 s)."""
+    stall = _env_seconds("BMCTL_SSH_STALL_SECONDS", 30.0)
     return AccessOptions(user=config.spec.nodeAccess.loginUser, key_path=config.header.sshPrivateKeyPath,
-                         known_hosts=config.header.sshKnownHostsPath, accept_new_host_keys=accept_new_host_keys)
+                         known_hosts=config.header.sshKnownHostsPath, accept_new_host_keys=accept_new_host_keys,
+                         retry_seconds=_env_seconds("BMCTL_SSH_RETRY_SECONDS", 60.0), stall_seconds=stall,
+                         connect_timeout=min(10.0, stall))
 
 
 def select(phases: list[Phase], until: str | None) -> list[Phase]:
@@ -75,7 +96,11 @@ def run_phases(config: ClusterConfig, ws: Workspace, op: str, phases: list[Phase
                   options={"kubeconfig_path": ws.kubeconfig_path, "workspace": ws,
                            "config_text": Path(config.path).read_text(encoding="utf-8"), **options})
     todo = [p for p in phases if p.applies(ctx)]
+    lock = ClusterLock(inventory[config.control_plane_nodes[0].address], op.replace("-", " ", 1))
     try:
+        taken_over = lock.acquire()
+        if taken_over:
+            progress.note(taken_over)
         for i, phase in enumerate(todo, 1):
             progress.phase(i, len(todo), phase.title)
             phase.run(ctx)
@@ -85,6 +110,7 @@ def run_phases(config: ClusterConfig, ws: Workspace, op: str, phases: list[Phase
         err.print(f"Logs: {log_dir}", markup=False)
         raise
     finally:
+        lock.release()
         inventory.close()
         runlog.stop()
     ctx.options["ran"] = [p.name for p in todo]

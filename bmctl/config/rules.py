@@ -243,6 +243,7 @@ def check_nodes(config: model.ClusterConfig, pools: list[model.NodePool]) -> lis
         local: list[Finding] = []
         addr = _ip(node.address, path + ("address",), local)
         k8s = _ip(node.k8sIP, path + ("k8sIP",), local) if node.k8sIP is not None else addr
+        listed = node.address in seen
         if addr is not None:
             if node.address in seen:
                 where = seen[node.address]
@@ -253,9 +254,11 @@ def check_nodes(config: model.ClusterConfig, pools: list[model.NodePool]) -> lis
             seen.setdefault(node.address, label)
         if k8s is not None:
             key = str(k8s)
-            if key in seen_ip and node.k8sIP is not None:
-                local.append(Finding(path + ("k8sIP",), f"{key} is already the IP of a node in "
-                                     f"{seen_ip[key]}", "give every node its own k8sIP"))
+            if key in seen_ip and not listed:
+                field = "k8sIP" if node.k8sIP is not None else "address"
+                local.append(Finding(path + (field,), f"{key} is already the IP of a node in "
+                                     f"{seen_ip[key]}", "give every node its own IP (address, or k8sIP "
+                                     "when address is only for SSH)"))
             seen_ip.setdefault(key, label)
             node_ips.append((k8s, format_path(path)))
         out.extend(f._replace(doc_index=doc_index) for f in local)

@@ -73,6 +73,8 @@ class AccessOptions:
     ssh_config: str | None = "~/.ssh/config"
     connect_timeout: float = 10.0
     connect_attempts: int = 3
+    retry_seconds: float = 60.0   # how long a lost connection is retried (backoff 0.5 s .. 8 s)
+    stall_seconds: float = 30.0   # a command silent this long on a short step means a dead connection
 
 
 _known_hosts_lock = threading.Lock()
@@ -105,8 +107,8 @@ class Host:
                 client.load_host_keys(str(known))
             client.set_missing_host_key_policy(_Policy(self.access.accept_new_host_keys, known, _known_hosts_lock))
             keys = []
-            if self.access.key_path:
-                keys.append(os.path.expanduser(self.access.key_path))
+            if self.access.key_path and os.path.isfile(os.path.expanduser(self.access.key_path)):
+                keys.append(os.path.expanduser(self.access.key_path))  # missing: the agent may hold it
             keys += [os.path.expanduser(k) for k in cfg.get("identityfile", []) if os.path.exists(os.path.expanduser(k))]
             sock = paramiko.ProxyCommand(cfg["proxycommand"]) if "proxycommand" in cfg else None
             last: Exception | None = None
@@ -131,8 +133,14 @@ class Host:
                                     f"{self.access.user!r} ({exc})",
                                     "check sshPrivateKeyPath (or your SSH agent) and spec.nodeAccess.loginUser.") from None
                 except (OSError, socket.timeout, paramiko.SSHException) as exc:
+                    if isinstance(exc, paramiko.SSHException) and "authentication methods" in str(exc):
+                        raise HostError(self.address, "ssh login", f"no key to log in as {self.access.user!r}: "
+                                        f"{exc}", "set sshPrivateKeyPath to a readable private key, or load the "
+                                        "key into your SSH agent.") from None
                     last = exc
                     if attempt + 1 < self.access.connect_attempts:
+                        log().warning("connect failed (%s); retrying in %d s", exc or type(exc).__name__,
+                                      min(2 ** attempt, 4), extra={"host": self.address})
                         time.sleep(min(2 ** attempt, 4))
             else:
                 raise HostError(self.address, "ssh connect", f"cannot connect after "
@@ -158,49 +166,73 @@ class Host:
             cmd = "sudo -n -- " + cmd
         return cmd
 
-    def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin: bytes | str | None = None,
-            check: bool = True, timeout: float = 120.0) -> Result:
-        """Run argv on the host; raise HostError (host, step, stderr) when check and rc != 0."""
-        cmd = self.command_line(argv, sudo)
-        step = step or argv[0]
+    def _exec(self, cmd: str, stdin: bytes | str | None, timeout: float, silence: float) -> tuple[int, str, str]:
+        """One attempt: blocking reads (no polling), stdout to EOF, then stderr, then the exit status.
+        A read that waits longer than `silence` means the connection is dead."""
         client = self.connect()
         log().debug("run %s", cmd, extra={"host": self.address})
+        transport = client.get_transport()
+        if transport is None:
+            raise paramiko.SSHException("transport closed")
+        chan = transport.open_session(timeout=self.access.connect_timeout)
         try:
-            transport = client.get_transport()
-            if transport is None:
-                raise paramiko.SSHException("transport closed")
-            chan = transport.open_session(timeout=self.access.connect_timeout)
-            chan.settimeout(timeout)
+            chan.settimeout(silence)
             chan.exec_command(cmd)
             if stdin is not None:
                 chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
             chan.shutdown_write()
-            out, err = bytearray(), bytearray()
-            deadline = time.monotonic() + timeout
-            while True:
-                got = False
-                if chan.recv_ready():
-                    out += chan.recv(65536)
-                    got = True
-                if chan.recv_stderr_ready():
-                    err += chan.recv_stderr(65536)
-                    got = True
-                if chan.exit_status_ready() and not chan.recv_ready() and not chan.recv_stderr_ready():
-                    break
-                if time.monotonic() > deadline:
-                    chan.close()
-                    raise HostError(self.address, step, f"timed out after {timeout:.0f} s: {cmd}")
-                if not got:
-                    time.sleep(0.005)
+            end = time.monotonic() + timeout
+            out = bytearray()
+            while chunk := chan.recv(65536):
+                out += chunk
+                if time.monotonic() > end:
+                    raise socket.timeout(f"no end after {timeout:.0f} s")
+            err = bytearray()
+            while chunk := chan.recv_stderr(65536):
+                err += chunk
+            if not chan.status_event.wait(max(0.1, end - time.monotonic())):
+                raise socket.timeout(f"no exit status after {timeout:.0f} s")
             rc = chan.recv_exit_status()
+        finally:
             chan.close()
-        except (OSError, socket.timeout, paramiko.SSHException) as exc:
-            self.close()
-            raise HostError(self.address, step, f"connection lost: {exc}",
-                            "re-run the command when the node is reachable; every step is idempotent.") from None
-        result = Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
-        log().debug("rc=%d stdout=%r stderr=%r", rc, result.stdout[-2000:], result.stderr[-2000:],
-                    extra={"host": self.address})
+        return rc, out.decode(errors="replace"), err.decode(errors="replace")
+
+    def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin: bytes | str | None = None,
+            check: bool = True, timeout: float | None = None, retry: bool = True, secret_output: bool = False
+            ) -> Result:
+        """Run argv on the host; raise HostError (host, step, stderr) when check and rc != 0.
+
+        `timeout`: for a command that may stay silent a while (kubeadm, arping); without it the
+        command is a quick one, and silence for `access.stall_seconds` means the connection is dead.
+        A lost or dead connection is reopened with backoff and the command run again, for at most
+        `access.retry_seconds`; pass retry=False for a command that must not run twice, and
+        secret_output=True when stdout holds a secret (it is then not logged)."""
+        cmd = self.command_line(argv, sudo)
+        step = step or argv[0]
+        deadline = time.monotonic() + self.access.retry_seconds
+        delay = 0.5
+        while True:
+            try:
+                rc, out, err = self._exec(cmd, stdin, timeout or 120.0, timeout or self.access.stall_seconds)
+                break
+            except (OSError, EOFError, socket.timeout, paramiko.SSHException, HostError) as exc:
+                self.close()
+                if isinstance(exc, HostError) and exc.step != "ssh connect":
+                    raise
+                why = exc.message if isinstance(exc, HostError) else f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if not retry or time.monotonic() + delay > deadline:
+                    raise HostError(self.address, step, f"connection lost ({why})" +
+                                    (f"; retried for {self.access.retry_seconds:g} s" if retry else ""),
+                                    "re-run the command when the node is reachable; every step is idempotent "
+                                    "and files are replaced atomically, so nothing is left half-written.") from None
+                log().warning("%s: connection lost (%s); retrying in %.1f s", step, why, delay,
+                              extra={"host": self.address})
+                time.sleep(delay)
+                delay = min(delay * 2, 8.0)
+        result = Result(rc, out, err)
+        log().debug("rc=%d stdout=%r stderr=%r", rc,
+                    f"<{len(result.stdout)} bytes, secret: not logged>" if secret_output else result.stdout[-2000:],
+                    result.stderr[-2000:], extra={"host": self.address})
         if check and rc != 0:
             if "sudo" in result.stderr and "password" in result.stderr:
                 raise HostError(self.address, step, "sudo needs a password",

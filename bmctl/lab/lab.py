@@ -96,7 +96,9 @@ class Lab:
                              "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux")
 
     def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
-           config_path: Path | None = None, cluster: str = "lab") -> dict:
+           config_path: Path | None = None, cluster: str = "lab", static_pods: bool = True) -> dict:
+        """`static_pods=False`: the nodes' kubelet stand-ins ignore /etc/kubernetes/manifests (for
+        benchmarks that only write files)."""
         self.check_prerequisites()
         if self.exists:
             raise BmctlError(f"a lab already exists at {self.state_dir}.", "run `bmctl lab down` first.")
@@ -107,7 +109,7 @@ class Lab:
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
-                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster}
+                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster, "static_pods": static_pods}
         self.save(state)  # from here on, `down` can undo whatever was made
         try:
             self._keys(state)
@@ -201,14 +203,9 @@ class Lab:
                      + [[str(self.state_dir / "bin"), BIN_DIR]],
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
-                    "state_dir": str(ndir)}
+                    "state_dir": str(ndir), "static_pods": state.get("static_pods", True)}
             (ndir / "node.json").write_text(json.dumps(spec, indent=2))
-            proc = subprocess.Popen(
-                ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--uts", "--propagation", "private",
-                 sys.executable, "-m", "bmctl.lab.node", str(ndir / "node.json")],
-                stdout=open(ndir / "node.log", "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd="/")
-            state["pids"][node["name"]] = proc.pid
+            state["pids"][node["name"]] = self._power_on(node)
             self.save(state)
         (self.state_dir / "known_hosts").write_text("\n".join(known) + "\n")
         deadline = time.monotonic() + 30
@@ -218,6 +215,41 @@ class Lab:
                     raise BmctlError(f"sshd of lab node {node['name']} did not start; see "
                                      f"{self.state_dir / node['name'] / 'sshd.log'}")
                 time.sleep(0.1)
+
+    def _power_on(self, node: dict) -> int:
+        ndir = self.state_dir / node["name"]
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", node["netns"], "unshare", "--mount", "--uts", "--propagation", "private",
+             sys.executable, "-m", "bmctl.lab.node", str(ndir / "node.json")],
+            stdout=open(ndir / "node.log", "ab"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True, cwd="/")
+        return proc.pid
+
+    def reboot(self, name: str) -> None:
+        """A power cycle of one node: every process it runs is SIGKILLed at once (its mounts and /run
+        go with them), then it boots again: sshd and the kubelet stand-in, which starts the static
+        pods from /etc/kubernetes/manifests."""
+        state = self.load()
+        node = next(n for n in state["nodes"] if n["name"] == name)
+        pods = self.state_dir / name / "pods"
+        for pid in [state["pids"][name], *(int(p.read_text()) for p in pods.glob("*.pid"))]:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pidfile in pods.glob("*.pid"):
+            pidfile.unlink(missing_ok=True)
+        try:
+            os.waitpid(state["pids"][name], 0)  # ours when this process powered the node on
+        except ChildProcessError:
+            pass
+        state["pids"][name] = self._power_on(node)
+        self.save(state)
+        deadline = time.monotonic() + 30
+        while not self._listening(node["netns"], 22):
+            if time.monotonic() > deadline:
+                raise BmctlError(f"lab node {name} did not come back after its reboot")
+            time.sleep(0.1)
 
     @staticmethod
     def _listening(netns: str, port: int) -> bool:

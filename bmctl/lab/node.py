@@ -30,7 +30,8 @@ def main(state_file: str) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],
                             stdout=open(spec["sshd_log"], "ab"), stderr=subprocess.STDOUT)
-    runner = Runner(Path(spec["state_dir"]))
+    runner = Runner(Path(spec["state_dir"])) if spec.get("static_pods", True) else \
+        Runner(Path(spec["state_dir"]), manifests=Path("/nonexistent/bmctl-lab-no-static-pods"))
     stop = threading.Event()
 
     def _term(signum, frame):

@@ -31,8 +31,8 @@ def _exists(host: Host, path: str) -> bool:
     return host.run(["test", "-f", path], step=f"look for {path}", check=False).rc == 0
 
 
-def _cat(host: Host, path: str) -> str:
-    return host.run(["cat", "--", path], step=f"read {path}").stdout
+def _cat(host: Host, path: str, secret: bool = False) -> str:
+    return host.run(["cat", "--", path], step=f"read {path}", secret_output=secret).stdout
 
 
 class Kubeadm(Phase):
@@ -64,11 +64,11 @@ class Kubeadm(Phase):
             ctx.progress.host(first.address, "already initialized")
         else:
             host.run(["kubeadm", "init", "--config", KUBEADM_CONFIG, "--upload-certs"], step="kubeadm init",
-                     timeout=900)
+                     timeout=900, retry=False)
             ctx.progress.host(first.address, "kubeadm init done")
         kubeconfig = ctx.options.get("kubeconfig_path")
         if kubeconfig is not None:
-            write_private(kubeconfig, _cat(host, ADMIN_CONF))
+            write_private(kubeconfig, _cat(host, ADMIN_CONF, secret=True))
         ca_hash = ca_cert_hash(_cat(host, CA_CERT))
 
         def join(h: Host) -> None:
@@ -77,7 +77,7 @@ class Kubeadm(Phase):
             if _exists(h, KUBELET_CONF):
                 ctx.progress.host(h.address, "already joined")
                 return
-            h.run(["kubeadm", "join", "--config", KUBEADM_CONFIG], step="kubeadm join", timeout=900)
+            h.run(["kubeadm", "join", "--config", KUBEADM_CONFIG], step="kubeadm join", timeout=900, retry=False)
             ctx.progress.host(h.address, f"{kubeadm_action(config, node)} done")
 
         joining = ctx.only([n.address for n in config.all_nodes[1:]])

@@ -201,6 +201,9 @@ class LabHarness:
     def pod_pid(self, node: dict, pod: str) -> int:
         return int((self.lab.state_dir / node["name"] / "pods" / f"{pod}_{pod}.pid").read_text())
 
+    def reboot(self, node: dict) -> None:
+        self.lab.reboot(node["name"])
+
     def set_link(self, node: dict, up: bool) -> None:
         port = node["name"]
         subprocess.run(["ip", "-n", self.bridge_ns, "link", "set", port, "up" if up else "down"], check=True)
