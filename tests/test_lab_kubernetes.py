@@ -58,8 +58,8 @@ def test_secrets_never_leave_their_0600_files(lab, cluster):
     in no log, no progress output, no dry-run file; workspace files 0600 in 0700 folders."""
     proc, _ = cluster
     ws = lab.workspace / "lab"
-    values = [v for v in yaml.safe_load((ws / ".secrets.yaml").read_text()).values()]
-    values += [values[1].split(".")[1]]  # the token's secret half, alone
+    stored = yaml.safe_load((ws / ".secrets.yaml").read_text())
+    values = list(stored.values()) + [stored["bootstrap_token"].split(".")[1]]  # and the token's secret half
     kubeconfig = yaml.safe_load((ws / "lab-kubeconfig").read_text())
     values += [u["user"][k] for u in kubeconfig["users"] for k in ("client-key-data", "token") if k in u["user"]]
     assert len(values) >= 5

@@ -104,7 +104,8 @@ def update_loadbalancer(target: str, workspace: Path | None, yes: bool, dry_run:
                              f"{', '.join(stranded)}. Nothing was changed.",
                              "keep the pools able to hand out those IPs (for an address ending in .0 or .255, "
                              "leave avoidBuggyIPs false on its pool), or move those Services to other IPs first.")
-        drift = find_drift(kube, desired, load_or_create(ws.secrets_path))
+        # hand edits: what differs from what bmctl applied last (not from the new config)
+        drift = find_drift(kube, ch.applied, load_or_create(ws.secrets_path))
     print_changes(ch, drift, source)
     phases = update_phases(ch)
     options = {"changes": ch, "only_nodes": {n.address for n in ch.lb_added}, "kubernetes": True,
