@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -177,6 +178,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from bmctl.lab.lab import Lab
 
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # `timeout`: still take the lab down
     playbook = None if args.no_ansible else ensure_ansible()
     work = Path(tempfile.mkdtemp(prefix="bmctl-fanout-"))
     lab = Lab(work / "lab-state")
