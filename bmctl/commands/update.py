@@ -15,11 +15,11 @@ from bmctl.config.loader import locate
 from bmctl.errors import BmctlError
 from bmctl.output import err, out
 from bmctl.phases import Phase
-from bmctl.phases.dataplane_lb import DataPlaneLB
+from bmctl.phases.dataplane_lb import DataPlaneLB, refuse_stranding
 from bmctl.phases.kubeadm import Kubeadm
 from bmctl.phases.provision import Provision
 from bmctl.phases.verify import Verify
-from bmctl.phases.drift import Drift, find_drift, stranded_services
+from bmctl.phases.drift import Drift, find_drift
 from bmctl.phases.update import RollingLB, UpdatePreflight
 from bmctl.render import assumed_facts
 from bmctl.secrets import load_or_create
@@ -98,12 +98,7 @@ def update_loadbalancer(target: str, workspace: Path | None, yes: bool, dry_run:
             "undo them in the file and run the update again", desired.path)])
     drift: list[Drift] = []
     if kube is not None:
-        stranded = stranded_services(kube, desired)
-        if stranded:
-            raise BmctlError(f"this change would take the external IP away from {len(stranded)} Service(s): "
-                             f"{', '.join(stranded)}. Nothing was changed.",
-                             "keep the pools able to hand out those IPs (for an address ending in .0 or .255, "
-                             "leave avoidBuggyIPs false on its pool), or move those Services to other IPs first.")
+        refuse_stranding(kube, desired)  # the data-plane phase's own check, before anything is touched
         # hand edits: what differs from what bmctl applied last (not from the new config)
         drift = find_drift(kube, ch.applied, load_or_create(ws.secrets_path))
     print_changes(ch, drift, source)

@@ -7,7 +7,7 @@ from kubernetes.client.rest import ApiException
 
 from bmctl.errors import BmctlError
 from bmctl.kube import Kube, wait
-from bmctl.phases.drift import find_drift, restore, stranded_services
+from bmctl.phases.drift import restore, stranded_services, undeclared_drift
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
 from bmctl.render import kube_proxy_config, metallb_manifests
 from bmctl.render.engine import RenderedFile
@@ -103,7 +103,7 @@ class DataPlaneLB(Phase):
             ctx.progress.note(f"applied {manifest.path} ({len(objs)} object(s))")
         wait("the MetalLB controller pod to be ready", lambda: _ready_pods(kube, "app=metallb,component=controller"),
              WAIT_SECONDS, 2)
-        drift = [d for d in find_drift(kube, ctx.config, ctx.secrets) if d.action != "apply"]
+        drift = undeclared_drift(kube, ctx.config, ctx.secrets)
         if drift:
             restore(kube, drift)
             for d in drift:

@@ -68,13 +68,21 @@ def _live(kube: Kube, obj: dict) -> dict | None:
 
 def find_drift(kube: Kube, config: ClusterConfig, secrets: ClusterSecrets) -> list[Drift]:
     """Every difference between the declared MetalLB objects and the cluster, nothing changed."""
-    out: list[Drift] = []
     declared = declared_objects(config, secrets)
-    names: dict[str, set[str]] = {k: set() for k in CONFIG_KINDS}
+    return _changed(kube, declared) + _undeclared(kube, declared)
+
+
+def undeclared_drift(kube: Kube, config: ClusterConfig, secrets: ClusterSecrets) -> list[Drift]:
+    """What re-applying the declared objects does not undo: undeclared objects and added spec fields
+    (one list call per MetalLB configuration kind)."""
+    return _undeclared(kube, declared_objects(config, secrets))
+
+
+def _changed(kube: Kube, declared: list[dict]) -> list[Drift]:
+    """Declared objects missing or with declared fields changed (re-applying them restores them)."""
+    out: list[Drift] = []
     for obj in declared:
         kind, name = obj["kind"], obj["metadata"]["name"]
-        if kind in names:
-            names[kind].add(name)
         if kind == "CustomResourceDefinition":
             continue  # schemas: re-applied on every run, never edited in place by users
         live = _live(kube, obj)
@@ -93,17 +101,23 @@ def find_drift(kube: Kube, config: ClusterConfig, secrets: ClusterSecrets) -> li
         where = _differs(body, live)
         if where:
             out.append(Drift(kind, name, f"{where} changed", "apply"))
-        if kind in CONFIG_KINDS:
-            extra = sorted(set(live.get("spec") or {}) - set(obj.get("spec") or {}))
-            if extra:
-                out.append(Drift(kind, name, f"spec fields added by hand: {', '.join(extra)}", "strip",
-                                 tuple(extra)))
+    return out
+
+
+def _undeclared(kube: Kube, declared: list[dict]) -> list[Drift]:
+    specs = {(o["kind"], o["metadata"]["name"]): o.get("spec") or {} for o in declared if o["kind"] in CONFIG_KINDS}
+    out: list[Drift] = []
     for kind in CONFIG_KINDS:
         resource = kube.dynamic.resources.get(api_version=CONFIG_API.get(kind, "metallb.io/v1beta1"), kind=kind)
         for item in resource.get(namespace=NAMESPACE).to_dict().get("items", []):
             name = item["metadata"]["name"]
-            if name not in names[kind]:
+            if (kind, name) not in specs:
                 out.append(Drift(kind, name, "not declared in the config (created by hand?)", "delete"))
+                continue
+            extra = sorted(set(item.get("spec") or {}) - set(specs[(kind, name)]))
+            if extra:
+                out.append(Drift(kind, name, f"spec fields added by hand: {', '.join(extra)}", "strip",
+                                 tuple(extra)))
     return out
 
 

@@ -108,7 +108,7 @@ def wait_node_ready(host: Host, files: list) -> float:
                     "to continue (nodes already done are left alone).")
 
 
-def stop_lb_node(ctx: Context, host: Host, port: int) -> None:
+def stop_lb_node(host: Host, port: int) -> None:
     """Keepalived first (the VIP leaves with its priority-0 advert), then HAProxy, then the files."""
     remove_files(host, [f"{MANIFEST_DIR}/keepalived.yaml"])
     deadline = time.monotonic() + NODE_WAIT_SECONDS
@@ -167,13 +167,13 @@ class RollingLB(Phase):
         removed = [n.address for n in ch.lb_removed]
         if master in removed:
             ctx.progress.host(master, "holds the VIP and is being removed: handing the VIP over first")
-            stop_lb_node(ctx, inv[master], port)
+            stop_lb_node(inv[master], port)
             new_master = ControlPlaneLB.wait_for_vip(ctx)
             ctx.progress.host(master, f"stopped; the VIP moved to {new_master}")
             master = new_master
         for address in removed:
             if address != ctx.options["vrrp_master"]:
-                stop_lb_node(ctx, inv[address], port)
+                stop_lb_node(inv[address], port)
                 ctx.progress.host(address, "Keepalived and HAProxy stopped, files removed")
 
         kept = [n for n in ch.lb_kept if n.address != master] + [n for n in ch.lb_kept if n.address == master]
