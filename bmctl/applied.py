@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 
-from kubernetes.client.rest import ApiException
 
 from bmctl import __version__
+import bmctl.kube as kubeapi
 from bmctl.kube import Kube
 from bmctl.workspace import Workspace, _mkdir_private, write_private
 
@@ -36,7 +36,7 @@ def store_local(ws: Workspace, text: str) -> None:
 def read_cluster(kube: Kube) -> str | None:
     try:
         cm = kube.core().read_namespaced_config_map(NAME, NAMESPACE)
-    except ApiException as exc:
+    except kubeapi.ApiException as exc:
         if exc.status == 404:
             return None
         raise

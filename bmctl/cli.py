@@ -9,13 +9,13 @@ from typing import Optional
 import typer
 
 from bmctl import __version__
-from bmctl.commands import cluster as cluster_cmd
-from bmctl.commands import config as config_cmd
-from bmctl.commands import lab as lab_cmd
-from bmctl.commands import update as update_cmd
 from bmctl.config.problems import ConfigError
+from bmctl.defaults import DEFAULT_CONCURRENCY
 from bmctl.errors import BmctlError
 from bmctl.output import err, print_problems
+
+# Each command imports its module when it runs: `check config` does not load the SSH layer, and
+# nothing but the commands that talk to the cluster load the Kubernetes client.
 
 app = typer.Typer(help="Bare-metal Kubernetes clusters over SSH, with bundled load balancing "
                        "(Keepalived + HAProxy for the API VIP, MetalLB layer 2 for Services).",
@@ -59,6 +59,8 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 def create_config(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
                   force: bool = typer.Option(False, "--force", help="Overwrite an existing config.")) -> None:
     """Write a commented config template to bmctl-workspace/NAME/NAME.yaml."""
+    from bmctl.commands import config as config_cmd
+
     config_cmd.create_config(cluster, workspace, force)
 
 
@@ -66,12 +68,15 @@ def create_config(cluster: str = ClusterOpt, workspace: Optional[Path] = Workspa
 def check_config(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
                  output: Output = typer.Option(Output.text, "--output", "-o", help="text or json.")) -> None:
     """Validate a config file (no network): every problem with its field, line and fix."""
+    from bmctl.commands import config as config_cmd
+
     raise typer.Exit(config_cmd.check_config(cluster, workspace, output.value))
 
 
 AcceptKeysOpt = typer.Option(False, "--accept-new-host-keys",
                              help="Trust and record host keys of nodes not yet in known_hosts (never a changed key).")
-ConcurrencyOpt = typer.Option(16, "--concurrency", min=1, max=256, help="How many nodes to work on at once.")
+ConcurrencyOpt = typer.Option(DEFAULT_CONCURRENCY, "--concurrency", min=1, max=256,
+                              help="How many nodes to work on at once.")
 
 
 @create_app.command("cluster")
@@ -83,6 +88,8 @@ def create_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = Worksp
                                                        "provision, control-plane-lb, kubeadm, data-plane-lb, verify)."),
                    accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
     """Preflight, node provisioning, control-plane LB, kubeadm, MetalLB and verification."""
+    from bmctl.commands import cluster as cluster_cmd
+
     cluster_cmd.create_cluster(cluster, workspace, dry_run, force, until, accept_new_host_keys, concurrency)
 
 
@@ -93,6 +100,8 @@ def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = Works
                     until: Optional[str] = typer.Option(None, "--until", help="Check only what the phases up to "
                                                         "this one need (e.g. control-plane-lb: no kubeadm).")) -> None:
     """Check every node over SSH: sudo, OS, binaries, subnet, free VIPs and ports, VRRP id, time, swap."""
+    from bmctl.commands import cluster as cluster_cmd
+
     raise typer.Exit(cluster_cmd.check_preflight(cluster, workspace, output.value, accept_new_host_keys,
                                                  concurrency, until))
 
@@ -103,6 +112,8 @@ def reset_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = Workspa
                   dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; touch no machine."),
                   accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
     """Undo on every node what create did (kubeadm reset, static pods, configs); asks first."""
+    from bmctl.commands import cluster as cluster_cmd
+
     cluster_cmd.reset_cluster(cluster, workspace, force, dry_run, accept_new_host_keys, concurrency)
 
 
@@ -115,6 +126,8 @@ def update_loadbalancer(cluster: str = ClusterOpt, workspace: Optional[Path] = W
                         accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
     """Apply changes of spec.loadBalancer (pools, LB nodes, control-plane backends) to a running cluster,
     one load-balancer node at a time; refuses changes that cannot be made and undoes hand edits."""
+    from bmctl.commands import update as update_cmd
+
     update_cmd.update_loadbalancer(cluster, workspace, yes, dry_run, accept_new_host_keys, concurrency)
 
 
@@ -127,18 +140,24 @@ def lab_up(workspace: Optional[Path] = WorkspaceOpt,
            host_address: bool = typer.Option(True, "--host-address/--no-host-address",
                                              help="Give this machine 192.0.2.1 on the lab bridge.")) -> None:
     """Start a lab: one network namespace + sshd per node; writes bmctl-workspace/lab/lab.yaml."""
+    from bmctl.commands import lab as lab_cmd
+
     lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address)
 
 
 @lab_app.command("down")
 def lab_down(workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Remove every namespace, interface, process and file the lab made."""
+    from bmctl.commands import lab as lab_cmd
+
     lab_cmd.down(workspace)
 
 
 @lab_app.command("status")
 def lab_status(workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Show the lab's nodes, whether their sshd runs, and their static pods."""
+    from bmctl.commands import lab as lab_cmd
+
     lab_cmd.status(workspace)
 
 

@@ -1,15 +1,28 @@
-"""The Kubernetes API through the VIP (kubernetes Python client): server-side apply as `bmctl`."""
+"""The Kubernetes API through the VIP (kubernetes Python client): server-side apply as `bmctl`.
+
+The client (a quarter of a second to import) is imported when the first `Kube` is made, or when
+`ApiException` is first looked up here, so that commands that never reach the API (check config,
+the file phases, dry runs) do not pay for it.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import yaml
-from kubernetes import client, config as kconfig, dynamic
-from kubernetes.client.rest import ApiException
 
 from bmctl.errors import BmctlError
+
+if TYPE_CHECKING:
+    from kubernetes import client, dynamic
+
+
+def __getattr__(name: str):
+    if name == "ApiException":
+        from kubernetes.client.rest import ApiException
+        return ApiException
+    raise AttributeError(name)
 
 FIELD_MANAGER = "bmctl"
 DEFAULT_TIMEOUT = (5, 30)  # seconds: connect, read
@@ -31,12 +44,16 @@ def with_default_timeout(api: client.ApiClient, timeout: tuple[float, float] = D
 
 class Kube:
     def __init__(self, kubeconfig: Path) -> None:
+        from kubernetes import config as kconfig
+
         self.api = with_default_timeout(kconfig.new_client_from_config(config_file=str(kubeconfig)))
         self._dynamic: dynamic.DynamicClient | None = None
 
     @property
     def dynamic(self) -> dynamic.DynamicClient:
         if self._dynamic is None:
+            from kubernetes import dynamic
+
             self._dynamic = dynamic.DynamicClient(self.api)
         return self._dynamic
 
@@ -54,6 +71,8 @@ class Kube:
         return [self.apply(doc) for doc in yaml.safe_load_all(text) if doc]
 
     def core(self) -> client.CoreV1Api:
+        from kubernetes import client
+
         return client.CoreV1Api(self.api)
 
     def readyz(self) -> bool:
@@ -66,6 +85,8 @@ class Kube:
 
 def wait(what: str, check: Callable[[], object], timeout: float, interval: float = 1.0):
     """Poll check() until it returns something truthy; on timeout, name what was awaited."""
+    from kubernetes.client.rest import ApiException
+
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

@@ -1,12 +1,16 @@
 """Console output: the plan as phases and per-node steps, and problems as paragraphs."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.markup import escape
 from rich.tree import Tree
 
 from bmctl.config.problems import Problem
-from bmctl.phases.plan import PlannedPhase
+
+if TYPE_CHECKING:
+    from bmctl.phases.plan import PlannedPhase
 
 def _console(stderr: bool) -> Console:
     console = Console(stderr=stderr, highlight=False, soft_wrap=True)

@@ -280,10 +280,14 @@ def test_killed_run_converges(lab, created):
         assert not [p for p in folder.iterdir() if p.name.startswith(".bmctl.")]
         assert "bind *:8443" in lab.node_file(node, "/etc/haproxy/haproxy.cfg").read_text()
     assert lab.wait_request(port=8443, timeout=20) < 20
-    # and back to the original config
+    # and back to the original config; the replaced version is kept as a backup
     proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lab.wait_request(timeout=20)
+    for node in lab.control_planes():
+        assert "bind *:8443" not in lab.node_file(node, "/etc/haproxy/haproxy.cfg").read_text()
+        backup = lab.node_file(node, "/var/backups/bmctl/etc/haproxy/haproxy.cfg")
+        assert "bind *:8443" in backup.read_text()
 
 
 def lock_file(lab):

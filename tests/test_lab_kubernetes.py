@@ -7,6 +7,8 @@ starts on the worker, with a Pod object whose status the test sets, as a kubelet
 """
 from __future__ import annotations
 
+import hashlib
+import re
 import time
 
 import netaddr
@@ -33,8 +35,10 @@ def cluster(lab):
         {"name": "reserved", "addresses": ["192.0.2.200-192.0.2.210"], "manualAssign": True},
         {"name": "edge", "addresses": ["192.0.2.254/31"], "avoidBuggyIPs": True}]
     lab.config.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    start = time.monotonic()
     proc = lab.bmctl("create", "cluster", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    lab.create_seconds = time.monotonic() - start
     return proc, Kube(lab)
 
 
@@ -163,13 +167,40 @@ def test_api_vip_survives_a_control_plane_node_down(lab, cluster):
         lab.set_link(node, up=True)
 
 
+def test_a_rebooted_lb_node_serves_the_vip_and_service_ips_again(lab, service):
+    """The LB node holding the API VIP loses power (every process SIGKILLed, /run gone) and boots
+    again with the cluster running: the other LB node serves meanwhile; then, with the other one
+    cut off, the rebooted node takes the API VIP and answers for the Service IP (its Keepalived,
+    HAProxy and speaker all came back by themselves)."""
+    node = lab.node(lab.vip_holders("192.0.2.10", lab.lb_nodes())[0])
+    other = next(n for n in lab.lb_nodes() if n["address"] != node["address"])
+    lab.reboot(node)
+    lab.wait_request(timeout=15, path="/readyz")
+    assert lab.vip_holders("192.0.2.10", lab.lb_nodes()) == [other["address"]]
+    wait_for(lambda: all((lab.lab.state_dir / node["name"] / "pods" / f"{p}_{p}.pid").exists()
+                         for p in ("keepalived", "haproxy")), 30, "the static pods to start again")
+    lab.set_link(other, up=False)
+    try:
+        wait_for(lambda: lab.vip_holders("192.0.2.10", [node]) == [node["address"]], 30,
+                 "the rebooted node to take the API VIP")
+        lab.wait_request(timeout=20, path="/readyz")
+        wait_for(lambda: http_get(lab, service, timeout=0.5), 120, "the Service IP answered by the rebooted node",
+                 0.2)
+        assert announcer(lab, service)["address"] == node["address"]
+    finally:
+        lab.set_link(other, up=True)
+    wait_for(lambda: len(lab.vip_holders("192.0.2.10")) == 1, 30, "one API VIP holder")
+
+
 def test_reset_asks_first(lab, cluster):
     proc = lab.bmctl("reset", "cluster")  # no answer on stdin: cancelled
     assert proc.returncode == 1 and "cancelled" in proc.stderr and "--force" in proc.stderr
     assert lab.node_file(lab.control_planes()[0], "/etc/kubernetes/admin.conf").exists()
 
 
-def test_reset_then_create_again(lab, cluster):
+def test_reset_leaves_nothing(lab, cluster):
+    lab.reference_state = managed_state(lab)  # for the next test
+    assert any(k[2] == "done" for k in lab.reference_state if len(k) == 3)
     proc = lab.bmctl("reset", "cluster", "--force", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("nothing left listening") == len(lab.nodes)
@@ -183,6 +214,129 @@ def test_reset_then_create_again(lab, cluster):
                  f"no pod left on {node['name']}")
     assert lab.vip_holders("192.0.2.10") == []
     assert not (lab.workspace / "lab" / "lab-kubeconfig").exists()
+    for node in lab.nodes:
+        assert not lab.node_file(node, "/var/lib/bmctl/kubeadm/done").exists()
+
+
+# The phase each kill aims at (1 preflight .. 6 verify): kubeadm and MetalLB the most, as the first
+# phases are killed 20 times in test_lab_controlplane.py.
+KILL_PHASES = [1, 2, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6]
+
+
+def phase_seconds(stdout: str) -> dict[int, float]:
+    """How long each phase of a create took, from its progress output ("done TITLE in N s")."""
+    done = [float(m) for m in re.findall(r"done .* in ([0-9.]+) s", stdout)]
+    return {i + 1: t for i, t in enumerate(done)}
+
+
+class Watched:
+    """A background bmctl run whose progress lines are read as they come."""
+
+    def __init__(self, lab) -> None:
+        import threading
+        self.run = lab.bmctl("create", "cluster", timeout=900, background=True)
+        self.phase = 0
+        self.seen = threading.Event()
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.run.stdout:
+            self.lines.append(line)
+            m = re.search(r"Phase (\d+)/", line)
+            if m:
+                self.phase = int(m.group(1))
+                self.seen.set()
+
+
+@pytest.mark.timeout(2400)
+def test_create_killed_at_random_points_converges(lab, cluster):
+    """After the reset above, `create cluster` SIGKILLed 12 times at random moments, each within a
+    chosen phase (kubeadm init and joins and MetalLB four times each; the first phases are killed
+    20 times in test_lab_controlplane.py), each time run again; the final run leaves what the
+    first, uninterrupted create left: every file bmctl manages on every node (content and mode, no
+    temp file, kubeadm recorded as done), and the MetalLB objects, lbnode labels, node list and
+    recorded config in the API."""
+    import os
+    import random
+    import signal
+    reference = lab.reference_state
+    durations = phase_seconds(cluster[0].stdout)
+    assert len(durations) == 6, cluster[0].stdout
+    rng = random.Random(7)
+    kills: list[tuple[int, float]] = []
+    finished = 0
+    for target in KILL_PHASES:
+        while True:
+            watched = Watched(lab)
+            while watched.phase < target and watched.run.poll() is None:
+                watched.seen.wait(0.05)
+                watched.seen.clear()
+            delay = rng.uniform(0, 0.9 * durations[target])
+            time.sleep(delay)
+            if watched.run.poll() is None:
+                landed = watched.phase
+                os.killpg(watched.run.pid, signal.SIGKILL)
+                watched.run.wait()
+                kills.append((landed, round(delay, 1)))
+                break
+            watched.run.wait()
+            assert watched.run.returncode == 0, "".join(watched.lines) + watched.run.stderr.read()
+            # finished before its kill: start over, so that the kill finds its phase's work to do
+            finished += 1
+            assert finished <= len(KILL_PHASES), "create keeps finishing before its kill"
+            assert lab.bmctl("reset", "cluster", "--force", timeout=600).returncode == 0
+    landed = sorted(p for p, _ in kills)
+    print(f"uninterrupted create {lab.create_seconds:.1f} s (phases: {durations}); killed in phases {landed} "
+          f"(phase, seconds into it: {kills}); {finished} run(s) finished before their kill")
+    assert landed.count(4) >= 1 and landed.count(5) >= 2  # kubeadm and MetalLB were really interrupted
     proc = lab.bmctl("create", "cluster", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert len(Kube(lab)("list_node").items) == len(lab.nodes)
+    states = [{}]
+    try:
+        wait_for(lambda: states.append(managed_state(lab)) or states[-1] == reference, 60,
+                 "the state of the uninterrupted create")
+    except AssertionError:
+        diff = {k: (reference.get(k), states[-1].get(k)) for k in {*reference, *states[-1]}
+                if reference.get(k) != states[-1].get(k)}
+        raise AssertionError(f"differs from the uninterrupted create (reference, now): {diff}") from None
+    assert len(lab.vip_holders("192.0.2.10")) == 1
+    again = lab.bmctl("create", "cluster", timeout=600)
+    assert again.returncode == 0 and "0 file(s) changed" in again.stdout
+
+
+# Files bmctl writes on a node, by folder of the lab's node state (kubeadm's own etcd and apiserver
+# manifests list etcd members in the order etcd returns them, so they are not compared).
+MANAGED = {"etc_haproxy": None, "etc_keepalived": None, "etc_kubernetes/bmctl": None, "etc_sysctl.d": None,
+           "etc_modules-load.d": None, "etc_kubernetes/manifests": ("haproxy.yaml", "keepalived.yaml"),
+           "var_lib_bmctl/kubeadm": ("done", "started")}
+
+
+def managed_state(lab) -> dict:
+    from kubernetes import client, config as kconfig
+    from lab.harness import in_netns
+    state: dict = {}
+    for node in lab.nodes:
+        base = lab.lab.state_dir / node["name"] / "fs"
+        for folder, names in MANAGED.items():
+            for f in sorted((base / folder).glob("*")) if (base / folder).is_dir() else []:
+                if f.is_file() and (names is None or f.name in names or f.name.startswith(".bmctl.")):
+                    # a reset cluster has a new CA, so the joins' CA hash differs by design
+                    text = re.sub(rb"sha256:[0-9a-f]{64}", b"sha256:<ca hash>", f.read_bytes())
+                    state[(node["name"], folder, f.name)] = (hashlib.sha256(text).hexdigest(),
+                                                             oct(f.stat().st_mode & 0o7777))
+    api = kconfig.new_client_from_config(config_file=str(lab.workspace / "lab" / "lab-kubeconfig"))
+    custom, core, apps = client.CustomObjectsApi(api), client.CoreV1Api(api), client.AppsV1Api(api)
+    with in_netns(lab.client_ns):
+        for plural in ("ipaddresspools", "l2advertisements"):
+            for o in custom.list_namespaced_custom_object("metallb.io", "v1beta1", "metallb-system", plural)["items"]:
+                state[(plural, o["metadata"]["name"])] = o["spec"]
+        for n in core.list_node().items:
+            state[("node", n.metadata.name)] = (n.metadata.labels or {}).get("baremetal.cluster.gke.io/lbnode")
+        for d in [*apps.list_namespaced_daemon_set("metallb-system").items,
+                  *apps.list_namespaced_deployment("metallb-system").items]:
+            state[("workload", d.metadata.name)] = [(c.image, c.args) for c in d.spec.template.spec.containers]
+        secret = core.read_namespaced_secret("memberlist", "metallb-system")
+        state["memberlist"] = hashlib.sha256(repr(sorted(secret.data.items())).encode()).hexdigest()
+        state["applied"] = core.read_namespaced_config_map("bmctl-applied-config", "kube-system").data["config.yaml"]
+    return state

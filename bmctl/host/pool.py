@@ -5,6 +5,7 @@ from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Callable, TypeVar
 
 from bmctl.config.model import ClusterConfig
+from bmctl.defaults import DEFAULT_CONCURRENCY
 from bmctl.host.ssh import AccessOptions, Host, HostError
 
 T = TypeVar("T")
@@ -13,7 +14,7 @@ T = TypeVar("T")
 class Inventory:
     """One Host (one SSH connection) per node, shared by every phase of a run."""
 
-    def __init__(self, config: ClusterConfig, access: AccessOptions, concurrency: int = 16,
+    def __init__(self, config: ClusterConfig, access: AccessOptions, concurrency: int = DEFAULT_CONCURRENCY,
                  extra: tuple[str, ...] = ()) -> None:
         """`extra`: nodes no longer in the config that the run still works on (LB nodes being removed)."""
         self.access = access

@@ -249,8 +249,22 @@ def join(config: str) -> None:
     print(f"This node has joined the cluster (lab stand-in): {name}")
 
 
+def _manifest_ip() -> str | None:
+    """The node IP of a local etcd member, from its manifest (a join cut short has no NODE_INFO yet)."""
+    try:
+        command = yaml.safe_load((MANIFESTS / "etcd.yaml").read_text())["spec"]["containers"][0]["command"]
+    except (OSError, KeyError, IndexError, TypeError, yaml.YAMLError):
+        return None
+    for arg in command:
+        if arg.startswith("--initial-advertise-peer-urls=http://"):
+            return arg.split("//", 1)[1].rsplit(":", 1)[0]
+    return None
+
+
 def reset() -> None:
     info = json.loads(NODE_INFO.read_text()) if NODE_INFO.exists() else {}
+    if not info.get("ip"):
+        info["ip"] = _manifest_ip()
     if (MANIFESTS / "etcd.yaml").exists() and info.get("ip"):
         try:
             cluster = json.loads((shared() / "cluster.json").read_text())

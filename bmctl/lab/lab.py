@@ -41,6 +41,7 @@ NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.
 # Every node sees the lab's bin folder as /usr/local/bin: the kubeadm stand-in and the binaries
 # built from their Go modules (bmctl/lab/binaries.py), under the names their pods use.
 BIN_DIR = "/usr/local/bin"
+STOCK_BASHRC = "# ~/.bashrc: executed by bash(1) for non-login shells (a lab node's: nothing to run).\n"
 TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl"]
 
 
@@ -186,6 +187,7 @@ class Lab:
         state["registered"] = True
         self.save(state)
         known = []
+        (self.state_dir / "bashrc").write_text(STOCK_BASHRC)
         for node in state["nodes"]:
             ndir = self.state_dir / node["name"]
             ndir.mkdir(mode=0o700, exist_ok=True)
@@ -201,6 +203,9 @@ class Lab:
                 "MaxSessions 64", "MaxStartups 64:30:128", "Subsystem sftp internal-sftp", ""]))
             spec = {"binds": [[str(ndir / "fs" / d.strip("/").replace("/", "_")), d] for d in NODE_DIRS]
                      + [[str(self.state_dir / "bin"), BIN_DIR]],
+                    # A stock root account: this machine's own ~/.bashrc (which bash sources for
+                    # every SSH command) may start tools (pyenv, ...) a server would not have.
+                    "file_binds": [[str(self.state_dir / "bashrc"), "/root/.bashrc"]],
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
                     "state_dir": str(ndir), "static_pods": state.get("static_pods", True)}

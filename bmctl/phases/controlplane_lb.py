@@ -5,7 +5,8 @@ import time
 
 from bmctl.host import Host, HostError, sync_files
 from bmctl.phases.base import Context, Phase, Step
-from bmctl.render import lb_node_files
+from bmctl.phases.facts import read_facts_and_files
+from bmctl.render import assumed_facts, lb_node_files
 
 VIP_WAIT_SECONDS = 90
 
@@ -43,13 +44,27 @@ class ControlPlaneLB(Phase):
         return steps
 
     def run(self, ctx: Context) -> None:
+        self.write_files(ctx)
+        self.wait_for_vip(ctx)
+
+    @staticmethod
+    def write_files(ctx: Context) -> None:
+        """Every LB node's files, all nodes at once: one command per node for a no-change re-run, two
+        when files change (facts, when preflight did not read them, come with the first)."""
         config = ctx.config
         nodes = {n.address: n for n in config.lb_nodes}
-        facts = ctx.node_facts(list(nodes))
+        assumed = assumed_facts(config)
 
         def write(host: Host) -> list:
-            changes = ctx.record(host.address, sync_files(host, lb_node_files(config, nodes[host.address],
-                                                                         facts[host.address])))
+            node = nodes[host.address]
+            known = ctx.facts.get(host.address)
+            if known is None or known.assumed:  # preflight skipped (--force): facts and file state at once
+                paths = [f.path for f in lb_node_files(config, node, assumed[host.address])]
+                known, state = read_facts_and_files(host, node.ip, config.lb.vrrp.interface, paths)
+                ctx.facts[host.address] = known
+            else:
+                state = None
+            changes = ctx.record(host.address, sync_files(host, lb_node_files(config, node, known), state))
             counts: dict[str, int] = {}
             for c in changes:
                 counts[c.status] = counts.get(c.status, 0) + 1
@@ -58,7 +73,6 @@ class ControlPlaneLB(Phase):
             return changes
 
         ctx.inventory.parallel(list(nodes), write)
-        self.wait_for_vip(ctx)
 
     @staticmethod
     def wait_for_vip(ctx: Context) -> str:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import yaml
 
 from bmctl.config.model import LB_NODE_LABEL
-from kubernetes.client.rest import ApiException
 
 from bmctl.errors import BmctlError
+import bmctl.kube as kubeapi
 from bmctl.kube import Kube, wait
 from bmctl.phases.drift import restore, stranded_services, undeclared_drift
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
@@ -51,7 +51,7 @@ def refuse_stranding(kube: Kube, config) -> None:
     """Never apply pools that would take an assigned IP away from a Service."""
     try:
         stranded = stranded_services(kube, config)
-    except ApiException as exc:
+    except kubeapi.ApiException as exc:
         if exc.status == 404:  # no Services API yet? nothing can be stranded
             return
         raise

@@ -7,10 +7,10 @@ import base64
 from dataclasses import dataclass
 
 import yaml
-from kubernetes.client.rest import ApiException
 
 from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.model import ClusterConfig
+import bmctl.kube as kubeapi
 from bmctl.kube import Kube
 from bmctl.render import metallb_manifests
 from bmctl.render.metallb import NAMESPACE, address_pools
@@ -60,7 +60,7 @@ def _live(kube: Kube, obj: dict) -> dict | None:
     resource = kube.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
     try:
         return resource.get(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace")).to_dict()
-    except ApiException as exc:
+    except kubeapi.ApiException as exc:
         if exc.status == 404:
             return None
         raise
@@ -130,7 +130,7 @@ def restore(kube: Kube, drift: list[Drift]) -> None:
         if d.action == "delete":
             try:
                 resource.delete(name=d.name, namespace=NAMESPACE)
-            except ApiException as exc:
+            except kubeapi.ApiException as exc:
                 if exc.status != 404:
                     raise
         elif d.action == "strip":

@@ -5,6 +5,7 @@ import json
 
 from bmctl.config.model import ClusterConfig
 from bmctl.host import Host, HostError, Inventory
+from bmctl.host.files import STAT_SCRIPT, FileState, check_paths, parse_state
 from bmctl.render.facts import NodeFacts
 
 _FACTS = r'''
@@ -14,9 +15,26 @@ ip -j addr show
 '''
 
 
+_FILES_MARK = "--- bmctl: managed files ---"
+
+
 def read_facts(host: Host, node_ip: str, interface: str | None) -> NodeFacts:
     res = host.run(["sh", "-c", _FACTS], step="read node facts", sudo=False)
-    lines = res.stdout.splitlines()
+    return _parse(host, res.stdout, node_ip, interface)
+
+
+def read_facts_and_files(host: Host, node_ip: str, interface: str | None,
+                         paths: list[str]) -> tuple[NodeFacts, FileState]:
+    """The node's facts and the state of the files bmctl is about to write, in one command."""
+    check_paths(paths)
+    script = f"{_FACTS}\necho '{_FILES_MARK}'\n{STAT_SCRIPT}"
+    out = host.run(["sh", "-c", script, "sh", *paths], step="read node facts and managed files").stdout
+    facts_out, _, files_out = out.partition(_FILES_MARK + "\n")
+    return _parse(host, facts_out, node_ip, interface), parse_state(files_out, paths)
+
+
+def _parse(host: Host, out: str, node_ip: str, interface: str | None) -> NodeFacts:
+    lines = out.splitlines()
     kernel, os_name = lines[0], lines[1]
     try:
         links = json.loads("\n".join(lines[2:]))

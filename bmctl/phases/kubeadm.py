@@ -27,8 +27,44 @@ def ca_cert_hash(pem: str) -> str:
     return "sha256:" + hashlib.sha256(spki).hexdigest()
 
 
-def _exists(host: Host, path: str) -> bool:
-    return host.run(["test", "-f", path], step=f"look for {path}", check=False).rc == 0
+# kubeadm init/join on a node, safe to interrupt (bmctl killed, connection lost) and to re-run:
+# - it runs under a lock on the node, with its output in a 0600 log there, so an attempt whose bmctl
+#   died runs on to its end, and a new attempt waits for it instead of racing it;
+# - "done" is recorded on the node when kubeadm succeeds; a re-run then does nothing;
+# - an attempt that was cut short ("started" without "done") is undone with `kubeadm reset -f`
+#   before kubeadm runs again (kubeadm itself refuses to run over its own half-written state);
+# - a node that has $2 (admin.conf / kubelet.conf) but no record of ours was set up by an earlier
+#   bmctl or by hand: it is left alone.
+# Arguments: the file that shows the node is set up, then kubeadm's arguments. Prints "ran" or "had".
+KUBEADM_STATE = "/var/lib/bmctl/kubeadm"
+KUBEADM_STATE_FILES = [f"{KUBEADM_STATE}/{f}" for f in ("done", "started", "kubeadm.log", "reset.log")]
+_KUBEADM = r'''
+set -u
+umask 077
+state=/var/lib/bmctl/kubeadm
+mkdir -p "$state"
+exec 9>"$state/lock"
+flock 9
+setup=$1; shift
+if [ -f "$state/done" ] || { [ ! -f "$state/started" ] && [ -f "$setup" ]; }; then
+  : > "$state/done"; echo had; exit 0
+fi
+if [ -f "$state/started" ]; then
+  echo "an earlier kubeadm $1 was cut short: kubeadm reset -f first" >&2
+  kubeadm reset -f > "$state/reset.log" 2>&1 || { tail -n 40 "$state/reset.log" >&2; exit 1; }
+fi
+: > "$state/started"
+kubeadm "$@" > "$state/kubeadm.log" 2>&1 || { tail -n 40 "$state/kubeadm.log" >&2; exit 1; }
+mv -f "$state/started" "$state/done"
+echo ran
+'''
+
+
+def run_kubeadm(host: Host, args: list[str], setup_file: str) -> bool:
+    """kubeadm init/join as described above; True when it ran, False when the node was set up."""
+    res = host.run(["sh", "-c", _KUBEADM, "sh", setup_file, *args], step=f"kubeadm {args[0]}",
+                   timeout=900, retry=False)
+    return res.stdout.strip().endswith("ran")
 
 
 def _cat(host: Host, path: str, secret: bool = False) -> str:
@@ -60,12 +96,10 @@ class Kubeadm(Phase):
         first = config.control_plane_nodes[0]
         host = inv[first.address]
         ctx.record(first.address, sync_files(host, [kubeadm_config(config, first, ctx.secrets)]))
-        if _exists(host, ADMIN_CONF):
-            ctx.progress.host(first.address, "already initialized")
-        else:
-            host.run(["kubeadm", "init", "--config", KUBEADM_CONFIG, "--upload-certs"], step="kubeadm init",
-                     timeout=900, retry=False)
+        if run_kubeadm(host, ["init", "--config", KUBEADM_CONFIG, "--upload-certs"], ADMIN_CONF):
             ctx.progress.host(first.address, "kubeadm init done")
+        else:
+            ctx.progress.host(first.address, "already initialized")
         kubeconfig = ctx.options.get("kubeconfig_path")
         if kubeconfig is not None:
             write_private(kubeconfig, _cat(host, ADMIN_CONF, secret=True))
@@ -74,11 +108,10 @@ class Kubeadm(Phase):
         def join(h: Host) -> None:
             node = next(n for n in config.all_nodes if n.address == h.address)
             ctx.record(h.address, sync_files(h, [kubeadm_config(config, node, ctx.secrets, ca_hash)]))
-            if _exists(h, KUBELET_CONF):
+            if run_kubeadm(h, ["join", "--config", KUBEADM_CONFIG], KUBELET_CONF):
+                ctx.progress.host(h.address, f"{kubeadm_action(config, node)} done")
+            else:
                 ctx.progress.host(h.address, "already joined")
-                return
-            h.run(["kubeadm", "join", "--config", KUBEADM_CONFIG], step="kubeadm join", timeout=900, retry=False)
-            ctx.progress.host(h.address, f"{kubeadm_action(config, node)} done")
 
         joining = ctx.only([n.address for n in config.all_nodes[1:]])
         if ctx.options.get("only_nodes") is not None and joining and kubeconfig is not None:

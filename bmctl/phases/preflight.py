@@ -103,9 +103,9 @@ def _ports(config: ClusterConfig, address: str) -> list[tuple[str, int]]:
 
 
 def _binaries(config: ClusterConfig, address: str, kubernetes: bool) -> list[str]:
-    need = ["sh", "ip", "ss", "sha256sum", "mktemp", "stat"]
+    need = ["sh", "ip", "ss", "sha256sum", "stat", "tar"]
     if kubernetes:
-        need.append("kubeadm")
+        need += ["kubeadm", "flock"]
     if config.bundled and address in {n.address for n in config.lb_nodes}:
         need.append("curl")
         if address == config.lb_nodes[0].address:

@@ -210,7 +210,8 @@ class LabHarness:
 
     def node_file(self, node: dict, path: str) -> Path:
         """A file as the node sees it (the lab keeps each node's folders under its state)."""
-        for d in ("/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d"):
+        for d in ("/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
+                  "/var/backups/bmctl", "/var/lib/bmctl"):
             if path.startswith(d + "/"):
                 return self.lab.state_dir / node["name"] / "fs" / d.strip("/").replace("/", "_") / path[len(d) + 1:]
         raise KeyError(path)
