@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import time
 
-
-from bmctl import __version__
 import bmctl.kube as kubeapi
+from bmctl import __version__
 from bmctl.kube import Kube
 from bmctl.workspace import Workspace, _mkdir_private, write_private
 

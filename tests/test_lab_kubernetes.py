@@ -15,7 +15,7 @@ import netaddr
 import pytest
 import yaml
 
-from lab.harness import Kube, announcer, http_get, running_lab, start_web_service, wait_for
+from lab.harness import Kube, announcer, http_get, metallb_objects, running_lab, start_web_service, wait_for
 
 PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
 
@@ -325,12 +325,10 @@ def managed_state(lab) -> dict:
                     text = re.sub(rb"sha256:[0-9a-f]{64}", b"sha256:<ca hash>", f.read_bytes())
                     state[(node["name"], folder, f.name)] = (hashlib.sha256(text).hexdigest(),
                                                              oct(f.stat().st_mode & 0o7777))
+    state["metallb"] = metallb_objects(lab)
     api = kconfig.new_client_from_config(config_file=str(lab.workspace / "lab" / "lab-kubeconfig"))
-    custom, core, apps = client.CustomObjectsApi(api), client.CoreV1Api(api), client.AppsV1Api(api)
+    core, apps = client.CoreV1Api(api), client.AppsV1Api(api)
     with in_netns(lab.client_ns):
-        for plural in ("ipaddresspools", "l2advertisements"):
-            for o in custom.list_namespaced_custom_object("metallb.io", "v1beta1", "metallb-system", plural)["items"]:
-                state[(plural, o["metadata"]["name"])] = o["spec"]
         for n in core.list_node().items:
             state[("node", n.metadata.name)] = (n.metadata.labels or {}).get("baremetal.cluster.gke.io/lbnode")
         for d in [*apps.list_namespaced_daemon_set("metallb-system").items,

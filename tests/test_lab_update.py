@@ -17,7 +17,7 @@ import netaddr
 import pytest
 import yaml
 
-from lab.harness import Kube, running_lab, wait_for
+from lab.harness import Kube, metallb_objects, running_lab, wait_for
 
 PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
 LB_FILES = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", "/etc/keepalived/check_haproxy.sh",
@@ -75,17 +75,6 @@ def node_files(lab) -> dict:
             f = lab.node_file(node, path)
             out[(node["name"], path)] = hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else None
     return out
-
-
-def metallb_objects(lab) -> dict:
-    from kubernetes import client, config as kconfig
-    from lab.harness import in_netns
-    api = client.CustomObjectsApi(kconfig.new_client_from_config(
-        config_file=str(lab.workspace / "lab" / "lab-kubeconfig")))
-    with in_netns(lab.client_ns):
-        pools = api.list_namespaced_custom_object("metallb.io", "v1beta1", "metallb-system", "ipaddresspools")
-        l2 = api.list_namespaced_custom_object("metallb.io", "v1beta1", "metallb-system", "l2advertisements")
-    return {(o["kind"], o["metadata"]["name"]): o["spec"] for o in [*pools["items"], *l2["items"]]}
 
 
 def custom_api(lab):

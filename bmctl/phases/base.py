@@ -41,9 +41,14 @@ class Context:
         only = self.options.get("only_nodes")
         return addresses if only is None else [a for a in addresses if a in only]
 
+    def known_facts(self, address: str) -> NodeFacts | None:
+        """The node's facts if they were read from it (not assumed, as in a dry run)."""
+        facts = self.facts.get(address)
+        return None if facts is None or facts.assumed else facts
+
     def node_facts(self, addresses: list[str]) -> dict[str, NodeFacts]:
         """Facts read from the nodes (preflight reads them; with --force they are read here)."""
-        missing = [a for a in addresses if a not in self.facts or self.facts[a].assumed]
+        missing = [a for a in addresses if self.known_facts(a) is None]
         if missing:
             from bmctl.phases.facts import gather
             self.facts.update(gather(self.config, self.inventory, missing))

@@ -6,7 +6,8 @@ import time
 from bmctl.host import Host, HostError, sync_files
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.phases.facts import read_facts_and_files
-from bmctl.render import assumed_facts, lb_node_files
+from bmctl.render import lb_node_files
+from bmctl.render.controlplane_lb import LB_NODE_PATHS
 
 VIP_WAIT_SECONDS = 90
 
@@ -53,14 +54,12 @@ class ControlPlaneLB(Phase):
         when files change (facts, when preflight did not read them, come with the first)."""
         config = ctx.config
         nodes = {n.address: n for n in config.lb_nodes}
-        assumed = assumed_facts(config)
 
         def write(host: Host) -> list:
             node = nodes[host.address]
-            known = ctx.facts.get(host.address)
-            if known is None or known.assumed:  # preflight skipped (--force): facts and file state at once
-                paths = [f.path for f in lb_node_files(config, node, assumed[host.address])]
-                known, state = read_facts_and_files(host, node.ip, config.lb.vrrp.interface, paths)
+            known = ctx.known_facts(host.address)
+            if known is None:  # preflight skipped (--force): facts and file state at once
+                known, state = read_facts_and_files(host, node.ip, config.lb.vrrp.interface, LB_NODE_PATHS)
                 ctx.facts[host.address] = known
             else:
                 state = None

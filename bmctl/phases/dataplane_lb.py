@@ -2,10 +2,9 @@ from __future__ import annotations
 
 import yaml
 
-from bmctl.config.model import LB_NODE_LABEL
-
-from bmctl.errors import BmctlError
 import bmctl.kube as kubeapi
+from bmctl.config.model import LB_NODE_LABEL
+from bmctl.errors import BmctlError
 from bmctl.kube import Kube, wait
 from bmctl.phases.drift import restore, stranded_services, undeclared_drift
 from bmctl.phases.base import CLUSTER, Context, Phase, Step

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import yaml
 
+import bmctl.kube as kubeapi
 from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.model import ClusterConfig
-import bmctl.kube as kubeapi
 from bmctl.kube import Kube
 from bmctl.render import metallb_manifests
 from bmctl.render.metallb import NAMESPACE, address_pools

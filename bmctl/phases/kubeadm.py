@@ -33,19 +33,19 @@ def ca_cert_hash(pem: str) -> str:
 # - "done" is recorded on the node when kubeadm succeeds; a re-run then does nothing;
 # - an attempt that was cut short ("started" without "done") is undone with `kubeadm reset -f`
 #   before kubeadm runs again (kubeadm itself refuses to run over its own half-written state);
-# - a node that has $2 (admin.conf / kubelet.conf) but no record of ours was set up by an earlier
+# - a node that has its set-up file (admin.conf / kubelet.conf) but no record of ours was set up by an earlier
 #   bmctl or by hand: it is left alone.
-# Arguments: the file that shows the node is set up, then kubeadm's arguments. Prints "ran" or "had".
+# Arguments: the state folder, the file that shows the node is set up, then kubeadm's arguments.
+# Prints "ran" or "had".
 KUBEADM_STATE = "/var/lib/bmctl/kubeadm"
 KUBEADM_STATE_FILES = [f"{KUBEADM_STATE}/{f}" for f in ("done", "started", "kubeadm.log", "reset.log")]
 _KUBEADM = r'''
 set -u
 umask 077
-state=/var/lib/bmctl/kubeadm
+state=$1; setup=$2; shift 2
 mkdir -p "$state"
 exec 9>"$state/lock"
 flock 9
-setup=$1; shift
 if [ -f "$state/done" ] || { [ ! -f "$state/started" ] && [ -f "$setup" ]; }; then
   : > "$state/done"; echo had; exit 0
 fi
@@ -62,7 +62,7 @@ echo ran
 
 def run_kubeadm(host: Host, args: list[str], setup_file: str) -> bool:
     """kubeadm init/join as described above; True when it ran, False when the node was set up."""
-    res = host.run(["sh", "-c", _KUBEADM, "sh", setup_file, *args], step=f"kubeadm {args[0]}",
+    res = host.run(["sh", "-c", _KUBEADM, "sh", KUBEADM_STATE, setup_file, *args], step=f"kubeadm {args[0]}",
                    timeout=900, retry=False)
     return res.stdout.strip().endswith("ran")
 

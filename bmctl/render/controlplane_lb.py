@@ -88,6 +88,11 @@ def _reloader(name: str, files: list[str], command: str, signal: str, check: str
                   check=check, status_file=status_file(name), reload_note=note).rstrip("\n")
 
 
+# The files lb_node_files writes, in its order (configs first, static pod manifests last).
+LB_NODE_PATHS = [f"{HAPROXY_DIR}/haproxy.cfg", CHECK_SCRIPT, f"{KEEPALIVED_DIR}/keepalived.conf",
+                 f"{MANIFEST_DIR}/haproxy.yaml", f"{MANIFEST_DIR}/keepalived.yaml"]
+
+
 def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[RenderedFile]:
     """Every file bmctl writes on one LB node, in the order they must land.
 
@@ -111,10 +116,5 @@ def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[R
     keepalived_pod = render("keepalived/keepalived.yaml.j2", cluster=config.name, image=images.KEEPALIVED,
                             container_config_dir=KEEPALIVED_DIR, host_config_dir=KEEPALIVED_DIR,
                             wrapper=keepalived_run, status_dir=STATUS_DIR)
-    return [
-        RenderedFile(f"{HAPROXY_DIR}/haproxy.cfg", cfg),
-        RenderedFile(CHECK_SCRIPT, script, mode=0o755),
-        RenderedFile(f"{KEEPALIVED_DIR}/keepalived.conf", kconf),
-        RenderedFile(f"{MANIFEST_DIR}/haproxy.yaml", haproxy_pod, mode=0o600),
-        RenderedFile(f"{MANIFEST_DIR}/keepalived.yaml", keepalived_pod, mode=0o600),
-    ]
+    contents = [(cfg, 0o644), (script, 0o755), (kconf, 0o644), (haproxy_pod, 0o600), (keepalived_pod, 0o600)]
+    return [RenderedFile(path, text, mode=mode) for path, (text, mode) in zip(LB_NODE_PATHS, contents)]

@@ -231,6 +231,17 @@ class Kube:
             return getattr(self.core, method)(*args, **kw)
 
 
+def metallb_objects(lab: "LabHarness") -> dict:
+    """Every IPAddressPool and L2Advertisement in the cluster: (kind, name) -> spec."""
+    from kubernetes import client, config as kconfig
+    api = client.CustomObjectsApi(kconfig.new_client_from_config(
+        config_file=str(lab.workspace / "lab" / "lab-kubeconfig")))
+    with in_netns(lab.client_ns):
+        pools = api.list_namespaced_custom_object("metallb.io", "v1beta1", "metallb-system", "ipaddresspools")
+        l2 = api.list_namespaced_custom_object("metallb.io", "v1beta1", "metallb-system", "l2advertisements")
+    return {(o["kind"], o["metadata"]["name"]): o["spec"] for o in [*pools["items"], *l2["items"]]}
+
+
 def start_web_service(lab: "LabHarness", kube: Kube, namespace: str = "demo") -> tuple[str, subprocess.Popen]:
     """A backend process on the worker (port 8080), its Pod object (status set as a kubelet would)
     and a LoadBalancer Service on port 80; returns the Service's external IP and the process."""
