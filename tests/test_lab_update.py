@@ -17,7 +17,7 @@ import netaddr
 import pytest
 import yaml
 
-from lab.harness import Kube, metallb_objects, running_lab, wait_for
+from lab.harness import Kube, kill_at_random_points, metallb_objects, running_lab, wait_for
 
 PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
 LB_FILES = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", "/etc/keepalived/check_haproxy.sh",
@@ -340,9 +340,7 @@ def test_update_killed_at_random_points_converges(lab, cluster):
     toggles a pool and drops a control-plane backend, re-run each time; the final run leaves what an
     uninterrupted update leaves: every LB file on every node, every MetalLB object, the lbnode labels
     and the recorded config. (A run that finishes before its kill is undone, so the next has work.)"""
-    import os
     import random
-    import signal
     rng = random.Random(5)
     kube, config = cluster["kube"], cluster["config"]
     before = config.write("before-kills.yaml")
@@ -358,19 +356,10 @@ def test_update_killed_at_random_points_converges(lab, cluster):
     reference = cluster_state(lab, kube)
     assert update(lab, before, "--yes").returncode == 0
     assert cluster_state(lab, kube) != reference
-    kills: list[float] = []
-    for _ in range(40):
-        if len(kills) == 20:
-            break
-        at = rng.uniform(0.3, 0.9 * took)
-        run = lab.bmctl("update", "loadbalancer", "--yes", config=after, background=True)
-        time.sleep(at)
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-            kills.append(round(at, 1))
-        elif run.returncode == 0:
-            assert update(lab, before, "--yes").returncode == 0
-        run.communicate()
+    kills = kill_at_random_points(
+        lambda: lab.bmctl("update", "loadbalancer", "--yes", config=after, background=True),
+        rng, 0.9 * took, earliest=0.3,
+        undo=lambda: update(lab, before, "--yes"))
     print(f"uninterrupted update {took:.1f} s; killed at {len(kills)} points: {sorted(kills)}")
     assert len(kills) == 20
     proc = update(lab, after, "--yes")

@@ -309,6 +309,35 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def kill_at_random_points(start, rng, longest: float, count: int = 20, earliest: float = 0.2,
+                          undo=None, attempts: int | None = None) -> list[float]:
+    """Kill `count` runs with SIGKILL, each at a random moment: `start()` returns a run (a Popen in
+    its own process group), which is killed after a time drawn from [earliest, window]. The window
+    starts at `longest` (an uninterrupted run's time) and shrinks to the moment at which a run was
+    found already finished, since runs over partly done work are quicker than the first. A run that
+    finished before its kill is handed to `undo` when it succeeded, so the next run has work to do.
+    Returns the kill moments (s); the caller asserts how many landed."""
+    kills: list[float] = []
+    window = longest
+    for _ in range(attempts or 4 * count):
+        if len(kills) == count:
+            break
+        at = rng.uniform(earliest, window)
+        run = start()
+        time.sleep(at)
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            kills.append(round(at, 2))
+            run.communicate()
+            continue
+        run.communicate()
+        window = max(earliest + 0.1, min(window, at))
+        if undo is not None and run.returncode == 0:
+            undone = undo()
+            assert undone.returncode == 0, undone.stdout + undone.stderr
+    return kills
+
+
 def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
