@@ -127,6 +127,28 @@ def test_refusal_from_the_command_line(tmp_path):
     assert not (ws / "dry-run").exists()
 
 
+def test_create_refuses_to_change_a_running_cluster(tmp_path):
+    """Re-running `create cluster` with a VIP changed since the cluster was made: refused with the
+    field's file:line and the way to go, before any node is contacted (run in an empty network
+    namespace: a regression cannot reach anything)."""
+    from conftest import require_root
+    require_root()
+    ws = tmp_path / "bmctl-workspace" / "t1"
+    (ws / "applied").mkdir(parents=True)
+    (ws / "applied" / "t1.yaml").write_text(dump(base_docs()))
+    docs = base_docs()
+    lb(docs)["vips"]["controlPlaneVIP"] = "192.0.2.9"
+    (ws / "t1.yaml").write_text(dump(docs))
+    proc = subprocess.run(["unshare", "--net", sys.executable, "-m", "bmctl", "create", "cluster", "-c", "t1"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    err = " ".join(proc.stderr.split())
+    assert "spec.loadBalancer.vips.controlPlaneVIP" in err and "t1.yaml:" in err, err
+    assert "1 change(s) above cannot be made to a running cluster; nothing was changed" in err, err
+    assert "bmctl update loadbalancer" in err and "Traceback" not in err
+    assert not (ws / "log").exists()  # no run started
+
+
 def test_dry_run_prints_the_grouped_changes_and_the_plan(tmp_path):
     ws = tmp_path / "bmctl-workspace" / "t1"
     (ws / "applied").mkdir(parents=True)

@@ -140,9 +140,8 @@ def create_cluster(target: str, workspace: Path | None, dry_run: bool, force: bo
 def refuse_changes_to_a_running_cluster(config: ClusterConfig, ws: Workspace) -> None:
     """Re-running create on a cluster it made must not change what cannot change (VIPs, pools...)."""
     from bmctl import applied
-    from bmctl.config import ConfigError, Problem, parse_config
-    from bmctl.config.changes import compare
-    from bmctl.config.loader import locate
+    from bmctl.config import ConfigError, parse_config
+    from bmctl.config.changes import compare, refusal
     text = applied.read_local(ws)
     if text is None:
         return
@@ -152,11 +151,8 @@ def refuse_changes_to_a_running_cluster(config: ClusterConfig, ws: Workspace) ->
         return
     refused = compare(before, config).refused
     if refused:
-        problems = locate(config, refused)
-        raise ConfigError(problems + [Problem(
-            "", f"cluster {config.name} is running with the config in {ws.applied_path}; {len(problems)} change(s) "
-            "above cannot be made to it; nothing was changed",
-            "undo them; other load-balancer changes go through `bmctl update loadbalancer`", config.path)])
+        raise refusal(config, refused, f"cluster {config.name} is running with the config in {ws.applied_path}; ",
+                      "undo them; other load-balancer changes go through `bmctl update loadbalancer`")
 
 
 def check_preflight(target: str, workspace: Path | None, output: str, accept_new_host_keys: bool,

@@ -9,9 +9,8 @@ from rich.markup import escape
 
 from bmctl import applied as applied_store
 from bmctl.commands.cluster import dry_run_phases, load, run_phases
-from bmctl.config import ClusterConfig, ConfigError, Problem, parse_config
-from bmctl.config.changes import GROUPS, ConfigChanges, compare
-from bmctl.config.loader import locate
+from bmctl.config import ClusterConfig, ConfigError, parse_config
+from bmctl.config.changes import GROUPS, ConfigChanges, compare, refusal
 from bmctl.errors import BmctlError
 from bmctl.output import err, out
 from bmctl.phases import Phase
@@ -92,10 +91,7 @@ def update_loadbalancer(target: str, workspace: Path | None, yes: bool, dry_run:
     text, source = _read_applied(ws, kube, dry_run)
     ch = compare(_applied_config(text, source), desired)
     if ch.refused:
-        problems = locate(desired, ch.refused)
-        raise ConfigError(problems + [Problem(
-            "", f"{len(problems)} change(s) above cannot be applied to a running cluster; nothing was changed",
-            "undo them in the file and run the update again", desired.path)])
+        raise refusal(desired, ch.refused, "", "undo them in the file and run the update again")
     drift: list[Drift] = []
     if kube is not None:
         refuse_stranding(kube, desired)  # the data-plane phase's own check, before anything is touched

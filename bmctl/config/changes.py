@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from bmctl.config.loader import locate
 from bmctl.config.model import ClusterConfig, Node
+from bmctl.config.problems import ConfigError, Problem
 from bmctl.config.rules import LB, Finding
 
 RECREATE = "or, to change it, `bmctl reset cluster` and create the cluster again"
@@ -200,3 +202,12 @@ def compare(applied: ClusterConfig, desired: ClusterConfig) -> ConfigChanges:
                                f"changed from {applied.control_plane_nodes[0].address}",
                                "keep it first in the list"))
     return result
+
+
+def refusal(config: ClusterConfig, refused: list[Finding], context: str, fix: str) -> ConfigError:
+    """The error for changes a running cluster cannot take: each one at its line in the file, then
+    one closing problem (`context`, how many, nothing changed, and `fix`)."""
+    problems = locate(config, refused)
+    return ConfigError(problems + [Problem(
+        "", f"{context}{len(problems)} change(s) above cannot be made to a running cluster; nothing was changed",
+        fix, config.path)])

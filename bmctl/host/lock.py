@@ -95,8 +95,8 @@ class ClusterLock:
                 f"wait for it to finish. If that run is gone, its lock is taken over automatically once its "
                 f"heartbeat is {STALE_SECONDS} s old (or remove {LOCK_FILE} on {self.host.address}).")
         if res.rc != 0:
-            raise HostError(self.host.address, "cluster lock", res.stderr.strip() or f"exit {res.rc}",
-                            "check that /var/lib/bmctl is writable and flock (util-linux) is installed.")
+            raise self.host.failure(res, "cluster lock", res.stderr.strip() or f"exit {res.rc}",
+                                    "check that /var/lib/bmctl is writable and flock (util-linux) is installed.")
         self.thread = threading.Thread(target=self._beat, name="bmctl-lock-heartbeat", daemon=True)
         self.thread.start()
         if res.stdout.startswith("took-over-stale"):

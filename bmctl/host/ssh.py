@@ -30,6 +30,15 @@ class HostError(BmctlError):
         self.step = step
 
 
+class SudoPasswordError(HostError):
+    """The login user may not sudo without a password on this host."""
+
+    def __init__(self, host: str, step: str, user: str) -> None:
+        super().__init__(host, step, f"{user} cannot sudo without a password",
+                         f"give {user} passwordless sudo on the node (a sudoers line such as "
+                         f"`{user} ALL=(ALL:ALL) NOPASSWD: ALL`), or log in as root (nodeAccess.loginUser).")
+
+
 def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
@@ -263,9 +272,12 @@ class Host:
                     f"<{len(result.stdout)} bytes, secret: not logged>" if secret_output else result.stdout[-2000:],
                     result.stderr[-2000:], extra={"host": self.address})
         if check and rc != 0:
-            if "sudo" in result.stderr and "password" in result.stderr:
-                raise HostError(self.address, step, "sudo needs a password",
-                                f"give {self.access.user} passwordless sudo on the node (NOPASSWD).")
             detail = (result.stderr.strip() or result.stdout.strip())[-1500:]
-            raise HostError(self.address, step, f"`{cmd}` exited {rc}: {detail}")
+            raise self.failure(result, step, f"`{cmd}` exited {rc}: {detail}")
         return result
+
+    def failure(self, result: Result, step: str, message: str, fix: str | None = None) -> HostError:
+        """The error for a command that failed: SudoPasswordError when sudo refused to run it."""
+        if self.access.user != "root" and result.stderr.startswith("sudo:") and "password" in result.stderr:
+            return SudoPasswordError(self.address, step, self.access.user)
+        return HostError(self.address, step, message, fix)

@@ -42,6 +42,11 @@ NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.
 # built from their Go modules (bmctl/lab/binaries.py), under the names their pods use.
 BIN_DIR = "/usr/local/bin"
 STOCK_BASHRC = "# ~/.bashrc: executed by bash(1) for non-login shells (a lab node's: nothing to run).\n"
+# Login users every lab node has besides root (its own /etc/passwd, group, shadow, sudoers.d and
+# /home): name -> whether it has passwordless sudo. Both log in with the lab's key.
+SUDO_USER = "bmctl-ops"
+PLAIN_USER = "bmctl-plain"
+LAB_USERS = {SUDO_USER: True, PLAIN_USER: False}
 TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl"]
 
 
@@ -188,6 +193,7 @@ class Lab:
         self.save(state)
         known = []
         (self.state_dir / "bashrc").write_text(STOCK_BASHRC)
+        accounts = self._accounts()
         for node in state["nodes"]:
             ndir = self.state_dir / node["name"]
             ndir.mkdir(mode=0o700, exist_ok=True)
@@ -197,15 +203,21 @@ class Lab:
                          f"{(ndir / 'ssh_host_ed25519_key.pub').read_text().split()[1]}")
             (ndir / "sshd_config").write_text("\n".join([
                 f"ListenAddress {node['address']}", "Port 22", f"HostKey {hostkey}",
-                f"PidFile {ndir / 'sshd.pid'}", f"AuthorizedKeysFile {self.state_dir / 'authorized_keys'}",
+                f"PidFile {ndir / 'sshd.pid'}",
+                f"AuthorizedKeysFile {self.state_dir / 'authorized_keys'} .ssh/authorized_keys",
                 "PermitRootLogin prohibit-password", "PasswordAuthentication no",
                 "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no", "X11Forwarding no",
                 "MaxSessions 64", "MaxStartups 64:30:128", "Subsystem sftp internal-sftp", ""]))
+            hosts = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
+            (ndir / "hosts").write_text(f"{hosts.rstrip()}\n{node['address']} {node['name']}\n".lstrip())
             spec = {"binds": [[str(ndir / "fs" / d.strip("/").replace("/", "_")), d] for d in NODE_DIRS]
                      + [[str(self.state_dir / "bin"), BIN_DIR]],
                     # A stock root account: this machine's own ~/.bashrc (which bash sources for
                     # every SSH command) may start tools (pyenv, ...) a server would not have.
-                    "file_binds": [[str(self.state_dir / "bashrc"), "/root/.bashrc"]],
+                    # The login users' accounts (sudoers.d only where sudo is installed), and the
+                    # node's own name in its /etc/hosts, as an installed server has (sudo looks it up).
+                    "optional_binds": [[str(self.state_dir / "bashrc"), "/root/.bashrc"],
+                                       [str(ndir / "hosts"), "/etc/hosts"], *accounts],
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
                     "state_dir": str(ndir), "static_pods": state.get("static_pods", True)}
@@ -220,6 +232,49 @@ class Lab:
                     raise BmctlError(f"sshd of lab node {node['name']} did not start; see "
                                      f"{self.state_dir / node['name'] / 'sshd.log'}")
                 time.sleep(0.1)
+
+    def _accounts(self) -> list[list[str]]:
+        """The files that give every node the LAB_USERS: copies of this machine's passwd, group and
+        shadow with them added (uids this machine does not use), a sudoers.d with NOPASSWD for the
+        sudo user, and a /home with each one's authorized_keys. Returns [source, node path] binds."""
+        etc = self.state_dir / "etc"
+        etc.mkdir(mode=0o755, exist_ok=True)
+        used = {int(line.split(":")[2]) for f in ("/etc/passwd", "/etc/group")
+                for line in Path(f).read_text().splitlines() if line.count(":") >= 3}
+        uid = 1900
+        home = self.state_dir / "home"
+        home.mkdir(mode=0o755, exist_ok=True)
+        rows = {"passwd": [], "group": [], "shadow": []}
+        for name in LAB_USERS:
+            while uid in used:
+                uid += 1
+            used.add(uid)
+            rows["passwd"].append(f"{name}:x:{uid}:{uid}:bmctl lab login user:/home/{name}:/bin/bash")
+            rows["group"].append(f"{name}:x:{uid}:")
+            rows["shadow"].append(f"{name}:*:20000:0:99999:7:::")  # no password; not locked
+            ssh_dir = home / name / ".ssh"
+            ssh_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+            shutil.copy(self.state_dir / "authorized_keys", ssh_dir / "authorized_keys")
+            for path in (home / name, ssh_dir, ssh_dir / "authorized_keys"):
+                os.chown(path, uid, uid)
+        binds = []
+        for kind, added in rows.items():
+            source = Path("/etc") / kind
+            if not source.exists():
+                continue
+            copy = etc / kind
+            shutil.copy2(source, copy)
+            st = source.stat()
+            os.chown(copy, st.st_uid, st.st_gid)
+            with open(copy, "a") as f:
+                f.write("\n".join(added) + "\n")
+            binds.append([str(copy), str(source)])
+        sudoers = self.state_dir / "sudoers.d"
+        sudoers.mkdir(mode=0o755, exist_ok=True)
+        rule = sudoers / "bmctl-lab"
+        rule.write_text("".join(f"{n} ALL=(ALL:ALL) NOPASSWD: ALL\n" for n, ok in LAB_USERS.items() if ok))
+        rule.chmod(0o440)
+        return [*binds, [str(sudoers), "/etc/sudoers.d"], [str(home), "/home"]]
 
     def _power_on(self, node: dict) -> int:
         ndir = self.state_dir / node["name"]

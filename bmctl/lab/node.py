@@ -26,8 +26,8 @@ def main(state_file: str) -> None:
     for src, dst in spec["binds"]:
         Path(src).mkdir(parents=True, exist_ok=True)
         subprocess.run(["mount", "--bind", src, dst], check=True)
-    for src, dst in spec.get("file_binds", []):  # only over files this machine has
-        if Path(dst).is_file():
+    for src, dst in spec.get("optional_binds", []):  # only over files and folders this machine has
+        if Path(dst).exists():
             subprocess.run(["mount", "--bind", src, dst], check=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "mode=0755", "bmctl-lab-run", "/run"], check=True)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)

@@ -10,6 +10,7 @@ from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT, ClusterConfig
 from bmctl.errors import BmctlError
 from bmctl.host import Host, Inventory
+from bmctl.host.ssh import SudoPasswordError
 from bmctl.phases import facts as node_facts
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT
@@ -131,10 +132,14 @@ def _listeners(lines: list[str]) -> dict[tuple[str, int], str]:
 
 def node_checks(config: ClusterConfig, host: Host, facts: NodeFacts, kubernetes: bool = True) -> list[Check]:
     a = host.address
-    checks = [Check(a, "ssh + sudo", "ok", f"as {host.access.user}"),
-              Check(a, "os / kernel", "ok", f"{facts.os}; {facts.kernel}")]
+    os_check = Check(a, "os / kernel", "ok", f"{facts.os}; {facts.kernel}")
     need = _binaries(config, a, kubernetes)
-    res = host.run(["sh", "-c", _NODE_SCRIPT, "sh", *need], step="preflight checks")
+    try:
+        res = host.run(["sh", "-c", _NODE_SCRIPT, "sh", *need], step="preflight checks")
+    except SudoPasswordError as exc:
+        return [Check(a, "ssh + sudo", "fail", f"{host.access.user} cannot sudo without a password: {exc.fix}"),
+                os_check]
+    checks = [Check(a, "ssh + sudo", "ok", f"as {host.access.user}"), os_check]
     lines = res.stdout.splitlines()
     missing = [l.split()[1] for l in lines if l.startswith("bin ") and l.endswith(" missing")]
     checks.append(Check(a, "binaries", "fail" if missing else "ok",
@@ -252,7 +257,8 @@ def run_preflight(config: ClusterConfig, inventory: Inventory,
     facts = node_facts.gather(config, inventory)
     per_node = inventory.parallel(list(facts), lambda h: node_checks(config, h, facts[h.address], kubernetes))
     checks = [c for a in facts for c in per_node[a]]
-    checks += cluster_checks(config, inventory, facts)
+    if not any(c.check == "ssh + sudo" and c.status == "fail" for c in checks):
+        checks += cluster_checks(config, inventory, facts)
     return checks, facts
 
 
