@@ -77,6 +77,17 @@ def test_a_user_without_passwordless_sudo_is_refused_on_every_node_and_nothing_c
     assert lab.vip_holders() == []
 
 
+def test_the_lab_accounts_carry_no_password_hash(lab):
+    """The nodes' shadow file is a copy of this machine's with the lab users added: no account keeps
+    a password hash in it (logins are by key), and it has the original's owner and mode."""
+    copy = lab.lab.state_dir / "etc" / "shadow"
+    fields = [line.split(":") for line in copy.read_text().splitlines()]
+    assert {f[0] for f in fields} >= {SUDO_USER, PLAIN_USER, "root"}
+    assert {f[1] for f in fields} <= {"*", "!*"}
+    st, orig = copy.stat(), Path("/etc/shadow").stat()
+    assert (st.st_uid, st.st_gid, st.st_mode) == (orig.st_uid, orig.st_gid, orig.st_mode)
+
+
 def test_create_cluster_as_a_sudo_user(lab):
     ops = as_user(lab, SUDO_USER, "ops")
     proc = lab.bmctl("create", "cluster", config=ops, timeout=900)

@@ -50,6 +50,14 @@ LAB_USERS = {SUDO_USER: True, PLAIN_USER: False}
 TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl"]
 
 
+def _no_hash(shadow_line: str) -> str:
+    """A shadow entry without its password hash: `*` (no password), `!*` if it was locked."""
+    fields = shadow_line.split(":")
+    if len(fields) > 1:
+        fields[1] = "!*" if fields[1].startswith("!") else "*"
+    return ":".join(fields)
+
+
 def sh(*argv: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run(list(argv), capture_output=capture, text=True)
     if check and proc.returncode != 0:
@@ -235,8 +243,9 @@ class Lab:
 
     def _accounts(self) -> list[list[str]]:
         """The files that give every node the LAB_USERS: copies of this machine's passwd, group and
-        shadow with them added (uids this machine does not use), a sudoers.d with NOPASSWD for the
-        sudo user, and a /home with each one's authorized_keys. Returns [source, node path] binds."""
+        shadow with them added (uids this machine does not use; in the shadow copy no account keeps
+        a password hash, locked ones stay locked), a sudoers.d with NOPASSWD for the sudo user, and
+        a /home with each one's authorized_keys. Returns [source, node path] binds."""
         etc = self.state_dir / "etc"
         etc.mkdir(mode=0o755, exist_ok=True)
         used = {int(line.split(":")[2]) for f in ("/etc/passwd", "/etc/group")
@@ -262,12 +271,14 @@ class Lab:
             source = Path("/etc") / kind
             if not source.exists():
                 continue
+            lines = source.read_text().splitlines()
+            if kind == "shadow":  # logins are by key only: no hash leaves /etc/shadow
+                lines = [_no_hash(line) for line in lines]
             copy = etc / kind
-            shutil.copy2(source, copy)
+            copy.write_text("\n".join([*lines, *added]) + "\n")
             st = source.stat()
             os.chown(copy, st.st_uid, st.st_gid)
-            with open(copy, "a") as f:
-                f.write("\n".join(added) + "\n")
+            copy.chmod(st.st_mode & 0o7777)
             binds.append([str(copy), str(source)])
         sudoers = self.state_dir / "sudoers.d"
         sudoers.mkdir(mode=0o755, exist_ok=True)
