@@ -33,9 +33,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-from lab.harness import LabHarness, wait_for  # noqa: E402
+from lab.harness import NET, LabHarness, wait_for  # noqa: E402
 
-VIP = "192.0.2.10"
+VIP = NET.ip(10)
 
 
 def one_holder(lab):

@@ -138,11 +138,15 @@ def lab_up(workspace: Optional[Path] = WorkspaceOpt,
                                         "(0: the control plane runs the load balancers)."),
            workers: int = typer.Option(1, "--workers", min=0, help="Worker nodes."),
            host_address: bool = typer.Option(True, "--host-address/--no-host-address",
-                                             help="Give this machine 192.0.2.1 on the lab bridge.")) -> None:
+                                             help="Give this machine an address (.1) on the lab bridge."),
+           subnet: Optional[str] = typer.Option(None, "--subnet", help="The node segment: one of "
+                                                "192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (default: the "
+                                                "first that collides with none of this machine's addresses "
+                                                "and routes).")) -> None:
     """Start a lab: one network namespace + sshd per node; writes bmctl-workspace/lab/lab.yaml."""
     from bmctl.commands import lab as lab_cmd
 
-    lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address)
+    lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address, subnet)
 
 
 @lab_app.command("down")

@@ -12,12 +12,15 @@ import signal
 import subprocess
 import time
 
+import netaddr
 import pytest
 import yaml
 
-from lab.harness import kill_at_random_points, running_lab, stop, wait_for
+from bmctl.lab.net import CANDIDATES
 
-VIP = "192.0.2.10"
+from lab.harness import NET, kill_at_random_points, running_lab, stop, wait_for
+
+VIP = NET.ip(10)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ vrrp_instance foreign {{
     priority 254
     advert_int 0.5
     virtual_ipaddress {{
-        192.0.2.70/32
+        {NET.ip(70)}/32
     }}
 }}
 """)
@@ -65,7 +68,7 @@ vrrp_instance foreign {{
         time.sleep(2.5)  # becomes MASTER and sends adverts with our id
         res = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json")
         assert res.returncode == 1, res.stdout
-        assert "192.0.2.2" in failed_checks(res)["VRRP router id free"]
+        assert NET.ip(2) in failed_checks(res)["VRRP router id free"]
     finally:
         lab.extra.remove(proc)
         stop(proc)
@@ -75,7 +78,7 @@ def test_create_brings_up_the_vip(lab, created):
     out = created.stdout
     for phase in ("Preflight checks", "Node provisioning", "Control-plane load balancer"):
         assert phase in out
-    assert "holds the VIP 192.0.2.10" in out
+    assert f"holds the VIP {NET.ip(10)}" in out
     # from the client namespace, through the VIP, HAProxy reaches a backend on :6444
     bodies = {lab.request(path="/who") for _ in range(9)}
     assert bodies <= {"n1", "n2", "n3"} and bodies, bodies
@@ -83,7 +86,7 @@ def test_create_brings_up_the_vip(lab, created):
     assert len(lab.vip_holders(VIP)) == 1
     # logs: one file per host plus the whole run
     logs = sorted((lab.workspace / "lab" / "log").glob("create-cluster-*"))[-1]
-    assert (logs / "run.log").exists() and (logs / "192.0.2.11.log").exists()
+    assert (logs / "run.log").exists() and (logs / f"{NET.ip(11)}.log").exists()
 
 
 def test_files_on_nodes_match_the_dry_run(lab, created):
@@ -171,13 +174,13 @@ def test_failover_when_haproxy_is_killed(lab, created):
 
 
 def test_a_stopped_backend_is_taken_out(lab, created):
-    lab.stop_backend("192.0.2.12")
+    lab.stop_backend(NET.ip(12))
     try:
         time.sleep(3)  # HAProxy's check: inter 1s, fall 2
         bodies = [lab.request(path="/who") for _ in range(20)]
         assert None not in bodies and "n2" not in bodies, bodies
     finally:
-        lab.start_backend(lab.node("192.0.2.12"))
+        lab.start_backend(lab.node(NET.ip(12)))
 
 
 def write_variant(lab, mutate, name: str):
@@ -194,25 +197,28 @@ def failed_checks(proc) -> dict:
 
 
 def test_preflight_catches_a_vip_outside_the_subnet(lab, created):
+    # a documentation address that is neither on the lab segment nor in its pod range
+    outside = str(netaddr.IPNetwork(next(c for c in CANDIDATES if c not in (NET.segment, NET.pods))).network + 200)
+
     def mutate(docs):
-        docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "203.0.113.200"
+        docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = outside
     path = write_variant(lab, mutate, "outside.yaml")
     assert lab.bmctl("check", "config", config=path).returncode == 0  # the file alone cannot tell
     proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json", config=path)
     assert proc.returncode == 1
-    assert "203.0.113.200" in failed_checks(proc)["one L2 subnet"]
+    assert outside in failed_checks(proc)["one L2 subnet"]
 
 
 def test_preflight_catches_a_vip_in_use(lab, created):
-    subprocess.run(["ip", "-n", lab.client_ns, "addr", "add", "192.0.2.60/24", "dev", "eth0"], check=True)
+    subprocess.run(["ip", "-n", lab.client_ns, "addr", "add", f"{NET.ip(60)}/24", "dev", "eth0"], check=True)
     try:
         def mutate(docs):
-            docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "192.0.2.60"
+            docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = NET.ip(60)
         proc = lab.bmctl("check", "preflight", "--until", "control-plane-lb", "-o", "json", config=write_variant(lab, mutate, "inuse.yaml"))
         assert proc.returncode == 1
-        assert "192.0.2.60" in failed_checks(proc)["addresses free"]
+        assert NET.ip(60) in failed_checks(proc)["addresses free"]
     finally:
-        subprocess.run(["ip", "-n", lab.client_ns, "addr", "del", "192.0.2.60/24", "dev", "eth0"], check=True)
+        subprocess.run(["ip", "-n", lab.client_ns, "addr", "del", f"{NET.ip(60)}/24", "dev", "eth0"], check=True)
 
 
 def test_preflight_catches_a_taken_port(lab, created):

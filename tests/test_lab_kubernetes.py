@@ -15,7 +15,7 @@ import netaddr
 import pytest
 import yaml
 
-from lab.harness import Kube, announcer, http_get, metallb_objects, running_lab, start_web_service, wait_for
+from lab.harness import NET, Kube, announcer, http_get, metallb_objects, running_lab, start_web_service, wait_for
 
 PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
 
@@ -28,12 +28,12 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def cluster(lab):
-    # Besides the lab's auto-assign pool (192.0.2.100-150, .100 kept for the ingress VIP): a pool
+    # Besides the lab's auto-assign pool (A.100-150 of the lab segment, .100 kept for the ingress VIP): a pool
     # handed out only on request, and one whose last address ends in .255 with avoidBuggyIPs.
     docs = list(yaml.safe_load_all(lab.config.read_text()))
     docs[2]["spec"]["loadBalancer"]["addressPools"] += [
-        {"name": "reserved", "addresses": ["192.0.2.200-192.0.2.210"], "manualAssign": True},
-        {"name": "edge", "addresses": ["192.0.2.254/31"], "avoidBuggyIPs": True}]
+        {"name": "reserved", "addresses": [f"{NET.ip(200)}-{NET.ip(210)}"], "manualAssign": True},
+        {"name": "edge", "addresses": [f"{NET.ip(254)}/31"], "avoidBuggyIPs": True}]
     lab.config.write_text(yaml.safe_dump_all(docs, sort_keys=False))
     start = time.monotonic()
     proc = lab.bmctl("create", "cluster", timeout=900)
@@ -97,9 +97,9 @@ def service(lab, cluster):
     return ip
 
 
-# What auto-assignment may hand out: the lab pool 192.0.2.100-150 less the ingress VIP (.100, kept
-# for the ingress Service), and the edge pool 192.0.2.254/31 less .255 (avoidBuggyIPs).
-AUTO = netaddr.IPSet([netaddr.IPRange("192.0.2.101", "192.0.2.150"), "192.0.2.254/32"])
+# What auto-assignment may hand out: the lab pool A.100-150 less the ingress VIP (.100, kept
+# for the ingress Service), and the edge pool A.254/31 less .255 (avoidBuggyIPs).
+AUTO = netaddr.IPSet([netaddr.IPRange(NET.ip(101), NET.ip(150)), f"{NET.ip(254)}/32"])
 
 
 def test_service_gets_an_ip_from_the_auto_pool(lab, service):
@@ -123,7 +123,7 @@ def _lb_service(kube, name: str, annotations: dict | None = None) -> str:
 def test_pools_hand_out_what_they_promise(lab, cluster, service):
     _, kube = cluster
     auto = [netaddr.IPAddress(_lb_service(kube, f"auto-{i}")) for i in range(4)]
-    reserved = netaddr.IPRange("192.0.2.200", "192.0.2.210")
+    reserved = netaddr.IPRange(NET.ip(200), NET.ip(210))
     assert all(ip in AUTO for ip in auto), auto  # never the reserved pool, .255 or the ingress VIP
     assert not [ip for ip in auto if ip in reserved], "manualAssign pool used without being asked"
     asked = netaddr.IPAddress(_lb_service(kube, "asks-reserved", {"metallb.io/address-pool": "reserved"}))
@@ -172,16 +172,16 @@ def test_a_rebooted_lb_node_serves_the_vip_and_service_ips_again(lab, service):
     again with the cluster running: the other LB node serves meanwhile; then, with the other one
     cut off, the rebooted node takes the API VIP and answers for the Service IP (its Keepalived,
     HAProxy and speaker all came back by themselves)."""
-    node = lab.node(lab.vip_holders("192.0.2.10", lab.lb_nodes())[0])
+    node = lab.node(lab.vip_holders(NET.ip(10), lab.lb_nodes())[0])
     other = next(n for n in lab.lb_nodes() if n["address"] != node["address"])
     lab.reboot(node)
     lab.wait_request(timeout=15, path="/readyz")
-    assert lab.vip_holders("192.0.2.10", lab.lb_nodes()) == [other["address"]]
+    assert lab.vip_holders(NET.ip(10), lab.lb_nodes()) == [other["address"]]
     wait_for(lambda: all((lab.lab.state_dir / node["name"] / "pods" / f"{p}_{p}.pid").exists()
                          for p in ("keepalived", "haproxy")), 30, "the static pods to start again")
     lab.set_link(other, up=False)
     try:
-        wait_for(lambda: lab.vip_holders("192.0.2.10", [node]) == [node["address"]], 30,
+        wait_for(lambda: lab.vip_holders(NET.ip(10), [node]) == [node["address"]], 30,
                  "the rebooted node to take the API VIP")
         lab.wait_request(timeout=20, path="/readyz")
         wait_for(lambda: http_get(lab, service, timeout=0.5), 120, "the Service IP answered by the rebooted node",
@@ -189,7 +189,7 @@ def test_a_rebooted_lb_node_serves_the_vip_and_service_ips_again(lab, service):
         assert announcer(lab, service)["address"] == node["address"]
     finally:
         lab.set_link(other, up=True)
-    wait_for(lambda: len(lab.vip_holders("192.0.2.10")) == 1, 30, "one API VIP holder")
+    wait_for(lambda: len(lab.vip_holders(NET.ip(10))) == 1, 30, "one API VIP holder")
 
 
 def test_reset_asks_first(lab, cluster):
@@ -212,7 +212,7 @@ def test_reset_leaves_nothing(lab, cluster):
         # the kubelet stand-in stopped every pod it ran for the cluster (static pods, speakers, kube-proxy)
         wait_for(lambda: not list((lab.lab.state_dir / node["name"] / "pods").glob("*.pid")), 30,
                  f"no pod left on {node['name']}")
-    assert lab.vip_holders("192.0.2.10") == []
+    assert lab.vip_holders(NET.ip(10)) == []
     assert not (lab.workspace / "lab" / "lab-kubeconfig").exists()
     for node in lab.nodes:
         assert not lab.node_file(node, "/var/lib/bmctl/kubeadm/done").exists()
@@ -300,7 +300,7 @@ def test_create_killed_at_random_points_converges(lab, cluster):
         diff = {k: (reference.get(k), states[-1].get(k)) for k in {*reference, *states[-1]}
                 if reference.get(k) != states[-1].get(k)}
         raise AssertionError(f"differs from the uninterrupted create (reference, now): {diff}") from None
-    assert len(lab.vip_holders("192.0.2.10")) == 1
+    assert len(lab.vip_holders(NET.ip(10))) == 1
     again = lab.bmctl("create", "cluster", timeout=600)
     assert again.returncode == 0 and "0 file(s) changed" in again.stdout
 

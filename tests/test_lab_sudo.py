@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from bmctl.lab.lab import PLAIN_USER, SUDO_USER
-from lab.harness import Kube, http_get, metallb_objects, running_lab, start_web_service, wait_for
+from lab.harness import NET, Kube, http_get, metallb_objects, running_lab, start_web_service, wait_for
 
 PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
 FOLDERS = ("etc_kubernetes", "etc_keepalived", "etc_haproxy", "var_lib_bmctl")
@@ -116,7 +116,7 @@ def test_create_cluster_as_a_sudo_user(lab):
 
 def test_update_and_reset_as_a_sudo_user(lab):
     def add_pool(docs):
-        docs[2]["spec"]["loadBalancer"]["addressPools"].append({"name": "extra", "addresses": ["192.0.2.220/30"]})
+        docs[2]["spec"]["loadBalancer"]["addressPools"].append({"name": "extra", "addresses": [f"{NET.ip(220)}/30"]})
     proc = lab.bmctl("update", "loadbalancer", "--yes", config=as_user(lab, SUDO_USER, "ops-extra", add_pool),
                      timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

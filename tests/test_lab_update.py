@@ -17,13 +17,13 @@ import netaddr
 import pytest
 import yaml
 
-from lab.harness import Kube, kill_at_random_points, metallb_objects, running_lab, wait_for
+from lab.harness import NET, Kube, kill_at_random_points, metallb_objects, running_lab, wait_for
 
 PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
 LB_FILES = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", "/etc/keepalived/check_haproxy.sh",
             "/etc/kubernetes/manifests/haproxy.yaml", "/etc/kubernetes/manifests/keepalived.yaml")
 LB_LABEL = "baremetal.cluster.gke.io/lbnode"
-EXTRA_POOL = netaddr.IPRange("192.0.2.160", "192.0.2.170")
+EXTRA_POOL = netaddr.IPRange(NET.ip(160), NET.ip(170))
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +155,11 @@ def test_forbidden_changes_are_refused_listing_each(lab, cluster):
     config = Config(lab)
     config.docs = list(yaml.safe_load_all(cluster["path"].read_text()))
     lb = config.lb
-    lb["vips"]["controlPlaneVIP"] = "192.0.2.9"
+    lb["vips"]["controlPlaneVIP"] = NET.ip(9)
     lb["ports"]["controlPlaneLBPort"] = 8443
-    lb["addressPools"][0]["addresses"] = ["192.0.2.100-192.0.2.140"]
-    lb["addressPools"].append({"name": "new", "addresses": ["192.0.2.180/30"]})  # allowed, but not alone
-    lb["nodePoolSpec"]["nodes"][0]["k8sIP"] = "192.0.2.99"
+    lb["addressPools"][0]["addresses"] = [f"{NET.ip(100)}-{NET.ip(140)}"]
+    lb["addressPools"].append({"name": "new", "addresses": [f"{NET.ip(180)}/30"]})  # allowed, but not alone
+    lb["nodePoolSpec"]["nodes"][0]["k8sIP"] = NET.ip(99)
     path = config.write("forbidden.yaml")
     before_files, before_objects = node_files(lab), metallb_objects(lab)
     proc = update(lab, path, "--yes")
@@ -171,7 +171,7 @@ def test_forbidden_changes_are_refused_listing_each(lab, cluster):
     assert "nothing was changed" in proc.stderr
     # removing a pool is refused too
     config.docs = list(yaml.safe_load_all(cluster["path"].read_text()))
-    config.lb["addressPools"] = [{"name": "renamed", "addresses": ["192.0.2.100-192.0.2.150"]}]
+    config.lb["addressPools"] = [{"name": "renamed", "addresses": [f"{NET.ip(100)}-{NET.ip(150)}"]}]
     proc = update(lab, config.write("removed-pool.yaml"), "--yes")
     assert proc.returncode == 1 and "address pool 'lab-services' was removed" in proc.stderr, proc.stderr
     assert node_files(lab) == before_files
@@ -185,7 +185,7 @@ def test_dry_run_shows_the_changes_and_touches_nothing(lab, cluster):
     before = node_files(lab)
     proc = update(lab, path, "--dry-run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Address pools to add" in proc.stdout and "pool extra: 192.0.2.160-192.0.2.170" in proc.stdout
+    assert "Address pools to add" in proc.stdout and f"pool extra: {NET.ip(160)}-{NET.ip(170)}" in proc.stdout
     assert (lab.workspace / "lab" / "dry-run" / "cluster" / "06-metallb-pools.yaml").read_text().count("extra") >= 2
     assert node_files(lab) == before
     config.lb["addressPools"].pop()
@@ -198,7 +198,7 @@ def test_rolling_update_with_zero_failures_on_the_api_vip(lab, cluster):
     kube, config, spare = cluster["kube"], cluster["config"], cluster["spare"]
     (master,) = lab.vip_holders()
     config.lb["addressPools"] += [{"name": "extra", "addresses": [str(EXTRA_POOL)]},
-                                  {"name": "edge", "addresses": ["192.0.2.252/30"], "manualAssign": True}]
+                                  {"name": "edge", "addresses": [f"{NET.ip(252)}/30"], "manualAssign": True}]
     config.lb["nodePoolSpec"]["nodes"].append({"address": spare["address"]})
     dropped = config.docs[2]["spec"]["controlPlane"]["nodePoolSpec"]["nodes"].pop()
     path = config.write("rolling.yaml")
@@ -231,7 +231,7 @@ def test_rolling_update_with_zero_failures_on_the_api_vip(lab, cluster):
     assert ip in EXTRA_POOL
     # the applied config is recorded in the cluster
     cm = kube("read_namespaced_config_map", "bmctl-applied-config", "kube-system")
-    assert "192.0.2.160-192.0.2.170" in cm.data["config.yaml"]
+    assert f"{NET.ip(160)}-{NET.ip(170)}" in cm.data["config.yaml"]
     # and a second run finds nothing to do
     again = update(lab, path, "--yes")
     assert again.returncode == 0 and "Nothing to update" in again.stdout, again.stdout + again.stderr
@@ -253,12 +253,12 @@ def test_the_added_lb_node_can_become_master(lab, cluster):
 
 def test_stranding_an_assigned_ip_is_refused(lab, cluster):
     kube, config = cluster["kube"], cluster["config"]
-    assert lb_service(kube, "edge-ip", {"metallb.io/loadBalancerIPs": "192.0.2.255"}) == "192.0.2.255"
+    assert lb_service(kube, "edge-ip", {"metallb.io/loadBalancerIPs": NET.ip(255)}) == NET.ip(255)
     config.pool("edge")["avoidBuggyIPs"] = True
     before_files, before_objects = node_files(lab), metallb_objects(lab)
     proc = update(lab, config.write("strand.yaml"), "--yes")
     assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "default/edge-ip (192.0.2.255)" in proc.stderr and "Nothing was changed" in proc.stderr
+    assert f"default/edge-ip ({NET.ip(255)})" in proc.stderr and "Nothing was changed" in proc.stderr
     assert node_files(lab) == before_files and metallb_objects(lab) == before_objects
     config.pool("edge")["avoidBuggyIPs"] = False
 
@@ -286,10 +286,10 @@ def test_manual_assign_toggle_stops_auto_assignment(lab, cluster):
 def test_hand_edits_are_shown_and_undone(lab, cluster):
     api = custom_api(lab)
     in_client(lab, api.patch_namespaced_custom_object, "metallb.io", "v1beta1", "metallb-system", "ipaddresspools",
-              "extra", {"spec": {"addresses": ["192.0.2.160-192.0.2.165"], "autoAssign": False}})
+              "extra", {"spec": {"addresses": [f"{NET.ip(160)}-{NET.ip(165)}"], "autoAssign": False}})
     in_client(lab, api.create_namespaced_custom_object, "metallb.io", "v1beta1", "metallb-system", "ipaddresspools",
               {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool", "metadata": {"name": "by-hand"},
-               "spec": {"addresses": ["192.0.2.190/32"], "autoAssign": False}})
+               "spec": {"addresses": [f"{NET.ip(190)}/32"], "autoAssign": False}})
     path = cluster["config"].write("drift.yaml")
     proc = update(lab, path)  # no --yes and no terminal: shows the drift, then cancels
     assert proc.returncode == 1 and "cancelled" in proc.stderr, proc.stdout + proc.stderr

@@ -14,13 +14,15 @@ def _lab(workspace: Path | None) -> Lab:
     return Lab(Workspace("lab", workspace).dir / "lab-state")
 
 
-def up(workspace: Path | None, control_planes: int, lb_nodes: int, workers: int, host_address: bool) -> None:
+def up(workspace: Path | None, control_planes: int, lb_nodes: int, workers: int, host_address: bool,
+       subnet: str | None = None) -> None:
     lab = _lab(workspace)
     Lab.check_prerequisites()
     Workspace("lab", workspace).ensure()
-    state = lab.up(control_planes, lb_nodes, workers, host_address)
-    out.print(f"Lab up: {len(state['nodes'])} nodes on 192.0.2.0/24 (bridge namespace {state['bridge_ns']}, "
-              f"client namespace {state['client_ns']}).")
+    state = lab.up(control_planes, lb_nodes, workers, host_address, subnet=subnet)
+    net = Lab.net_of(state)
+    out.print(f"Lab up: {len(state['nodes'])} nodes on {net.bridge_cidr}, pods on {net.pods} (bridge namespace "
+              f"{state['bridge_ns']}, client namespace {state['client_ns']}).", markup=False)
     out.print(f"Config: {state['config']}. Try: bmctl check preflight -c lab && bmctl create cluster -c lab")
 
 

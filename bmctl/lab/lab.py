@@ -24,17 +24,8 @@ from pathlib import Path
 import yaml
 
 from bmctl.errors import BmctlError
+from bmctl.lab.net import MAX_NODES, LabNet, pick
 
-SUBNET = "192.0.2"
-PREFIX = 24
-HOST_IP = f"{SUBNET}.1"
-CLIENT_IP = f"{SUBNET}.2"
-VIP = f"{SUBNET}.10"
-FIRST_NODE = 11
-POOL = f"{SUBNET}.100-{SUBNET}.150"
-INGRESS_VIP = f"{SUBNET}.100"
-PODS = "198.51.100.0/24"
-SERVICES = "203.0.113.0/25"
 # Folders bmctl writes on a node; each lab node gets a private copy (bind mount).
 NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
              "/var/backups/bmctl", "/var/lib/bmctl", "/var/lib/etcd"]
@@ -110,20 +101,23 @@ class Lab:
                              "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux")
 
     def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
-           config_path: Path | None = None, cluster: str = "lab", static_pods: bool = True) -> dict:
+           config_path: Path | None = None, cluster: str = "lab", static_pods: bool = True,
+           subnet: str | None = None) -> dict:
         """`static_pods=False`: the nodes' kubelet stand-ins ignore /etc/kubernetes/manifests (for
         benchmarks that only write files)."""
         self.check_prerequisites()
         if self.exists:
             raise BmctlError(f"a lab already exists at {self.state_dir}.", "run `bmctl lab down` first.")
         total = control_planes + lb_nodes + workers
-        if control_planes < 1 or total > 80:
-            raise BmctlError("a lab has 1 to 80 nodes with at least one control-plane node.")
+        if control_planes < 1 or total > MAX_NODES:
+            raise BmctlError(f"a lab has 1 to {MAX_NODES} nodes with at least one control-plane node.")
+        net = pick(subnet)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
-                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster, "static_pods": static_pods}
+                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster, "static_pods": static_pods,
+                 "net": net.to_dict()}
         self.save(state)  # from here on, `down` can undo whatever was made
         try:
             self._keys(state)
@@ -143,8 +137,17 @@ class Lab:
         shutil.copy(f"{key}.pub", self.state_dir / "authorized_keys")
         os.chmod(self.state_dir / "authorized_keys", 0o600)
 
+    @staticmethod
+    def net_of(state: dict) -> LabNet:
+        return LabNet(**state["net"])
+
+    @property
+    def net(self) -> LabNet:
+        return self.net_of(self.load())
+
     def _network(self, state: dict, cps: int, lbs: int, workers: int, host_address: bool) -> None:
         br = state["bridge_ns"]
+        net = self.net_of(state)
         sh("ip", "netns", "add", br)
         sh("ip", "-n", br, "link", "add", "br0", "type", "bridge")
         sh("ip", "-n", br, "link", "set", "br0", "type", "bridge", "mcast_snooping", "0")
@@ -152,24 +155,24 @@ class Lab:
         roles = ["control-plane"] * cps + ["load-balancer"] * lbs + ["worker"] * workers
         for i, role in enumerate(roles):
             name = f"n{i + 1}"
-            node = LabNode(name, f"{SUBNET}.{FIRST_NODE + i}", role, f"bl{state['id']}-{name}")
+            node = LabNode(name, net.node_ip(i), role, f"bl{state['id']}-{name}")
             state["nodes"].append(node.__dict__)
             self.save(state)
-            self._attach(br, node.netns, name, node.address)
-        self._attach(br, state["client_ns"], "client", CLIENT_IP)
+            self._attach(br, node.netns, name, node.address, net.prefix)
+        self._attach(br, state["client_ns"], "client", net.client_ip, net.prefix)
         if host_address:
             state["host_veth"] = f"bl{state['id']}"
             self.save(state)
             sh("ip", "link", "add", state["host_veth"], "type", "veth", "peer", "name", "host", "netns", br)
             sh("ip", "-n", br, "link", "set", "host", "master", "br0", "up")
-            sh("ip", "addr", "add", f"{HOST_IP}/{PREFIX}", "dev", state["host_veth"])
+            sh("ip", "addr", "add", f"{net.host_ip}/{net.prefix}", "dev", state["host_veth"])
             sh("ip", "link", "set", state["host_veth"], "up")
 
-    def _attach(self, br: str, netns: str, port: str, address: str) -> None:
+    def _attach(self, br: str, netns: str, port: str, address: str, prefix: int) -> None:
         sh("ip", "netns", "add", netns)
         sh("ip", "link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", port, "netns", br)
         sh("ip", "-n", br, "link", "set", port, "master", "br0", "up")
-        sh("ip", "-n", netns, "addr", "add", f"{address}/{PREFIX}", "dev", "eth0")
+        sh("ip", "-n", netns, "addr", "add", f"{address}/{prefix}", "dev", "eth0")
         sh("ip", "-n", netns, "link", "set", "eth0", "up")
         sh("ip", "-n", netns, "link", "set", "lo", "up")
 
@@ -330,12 +333,13 @@ class Lab:
     def _write_config(self, state: dict, config_path: Path | None) -> Path:
         name = state["cluster"]
         nodes = state["nodes"]
+        net = self.net_of(state)
         cps = [{"address": n["address"]} for n in nodes if n["role"] == "control-plane"]
         lbs = [{"address": n["address"]} for n in nodes if n["role"] == "load-balancer"]
         workers = [{"address": n["address"]} for n in nodes if n["role"] == "worker"]
         lb: dict = {"mode": "bundled", "type": "layer2", "ports": {"controlPlaneLBPort": 443},
-                    "vips": {"controlPlaneVIP": VIP, "ingressVIP": INGRESS_VIP},
-                    "addressPools": [{"name": "lab-services", "addresses": [POOL]}]}
+                    "vips": {"controlPlaneVIP": net.vip, "ingressVIP": net.ingress_vip},
+                    "addressPools": [{"name": "lab-services", "addresses": [net.pool]}]}
         if lbs:
             lb["nodePoolSpec"] = {"nodes": lbs}
         docs = [
@@ -346,7 +350,8 @@ class Lab:
              "metadata": {"name": name, "namespace": f"cluster-{name}"},
              "spec": {"type": "hybrid" if workers else "standalone",
                       "controlPlane": {"nodePoolSpec": {"nodes": cps}},
-                      "clusterNetwork": {"pods": {"cidrBlocks": [PODS]}, "services": {"cidrBlocks": [SERVICES]}},
+                      "clusterNetwork": {"pods": {"cidrBlocks": [net.pods]},
+                                         "services": {"cidrBlocks": [net.services]}},
                       "loadBalancer": lb, "nodeAccess": {"loginUser": "root"}}},
         ]
         if workers:

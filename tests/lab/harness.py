@@ -20,8 +20,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bmctl.lab.lab import Lab
+from bmctl.lab.net import pick
 
 HERE = Path(__file__).resolve().parent
+# The lab's addresses on this machine (documentation ranges none of its own addresses or routes
+# use); every lab a test starts uses this segment, so tests can name addresses before it is up.
+NET = pick()
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
 
@@ -73,7 +77,7 @@ class LabHarness:
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self) -> "LabHarness":
         (self.workspace / "lab").mkdir(parents=True, exist_ok=True)
-        self.state = self.lab.up(*self.sizes, host_address=False)
+        self.state = self.lab.up(*self.sizes, host_address=False, subnet=NET.segment)
         return self
 
     def down(self) -> None:
@@ -164,10 +168,10 @@ class LabHarness:
                              check=True).stdout
         return [a["local"] for link in json.loads(out) for a in link.get("addr_info", [])]
 
-    def vip_holders(self, vip: str = "192.0.2.10", nodes: list[dict] | None = None) -> list[str]:
+    def vip_holders(self, vip: str = NET.ip(10), nodes: list[dict] | None = None) -> list[str]:
         return [n["address"] for n in (nodes or self.nodes) if vip in self.addresses(n)]
 
-    def request(self, vip: str = "192.0.2.10", port: int = 443, path: str = "/", timeout: float = 1.0) -> str | None:
+    def request(self, vip: str = NET.ip(10), port: int = 443, path: str = "/", timeout: float = 1.0) -> str | None:
         """GET https://vip:port/path from the client namespace; the body, or None on failure."""
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
