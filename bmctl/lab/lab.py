@@ -102,8 +102,10 @@ class Lab:
 
     def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
            config_path: Path | None = None, cluster: str = "lab", static_pods: bool = True,
-           subnet: str | None = None) -> dict:
-        """`static_pods=False`: the nodes' kubelet stand-ins ignore /etc/kubernetes/manifests (for
+           subnet: str | None = None, real_nodes: bool = False) -> dict:
+        """`real_nodes`: every node runs a real containerd and kubelet (with kubeadm and crictl) under
+        the lab's unit supervisor, pulling images from a registry in the lab; otherwise the kubelet
+        and kubeadm stand-ins run. `static_pods=False`: the nodes' kubelet stand-ins ignore /etc/kubernetes/manifests (for
         benchmarks that only write files)."""
         self.check_prerequisites()
         if self.exists:
@@ -117,11 +119,13 @@ class Lab:
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
                  "pids": {}, "host_veth": None, "config": None, "cluster": cluster, "static_pods": static_pods,
-                 "net": net.to_dict()}
+                 "net": net.to_dict(), "real_nodes": real_nodes}
         self.save(state)  # from here on, `down` can undo whatever was made
         try:
             self._keys(state)
             self._network(state, control_planes, lb_nodes, workers, host_address)
+            if real_nodes:
+                self._registry(state)
             self._start_nodes(state)
             state["config"] = str(self._write_config(state, config_path))
         except BaseException:
@@ -176,11 +180,34 @@ class Lab:
         sh("ip", "-n", netns, "link", "set", "eth0", "up")
         sh("ip", "-n", netns, "link", "set", "lo", "up")
 
-    def _bin(self) -> None:
-        """The lab's /usr/local/bin: kubeadm (stand-in) and the Go-built binaries that are present."""
+    def _registry(self, state: dict) -> None:
+        """The lab's OCI registry, in a namespace of its own on the bridge, holding every image the
+        cluster runs (built here); the release that names them is saved as release.yaml."""
+        from bmctl.lab import registry
+        net = self.net_of(state)
+        ns = f"bl{state['id']}-registry"
+        state["registry_ns"] = ns
+        self.save(state)
+        self._attach(state["bridge_ns"], ns, "registry", net.registry_ip, net.prefix)
+        pid, release = registry.publish(ns, net.registry_ip, self.state_dir / "registry")
+        state["pids"]["registry"] = pid
+        state["release"] = str(self.state_dir / "release.yaml")
+        (self.state_dir / "release.yaml").write_text(yaml.safe_dump(release, sort_keys=False))
+        self.save(state)
+
+    def _bin(self, real: bool = False) -> None:
+        """The lab's /usr/local/bin: on real nodes the kubelet, kubeadm, crictl and `systemctl` (the
+        unit supervisor's shim); otherwise the kubeadm stand-in and the Go-built binaries its pods run."""
         from bmctl.lab import binaries
         bin_dir = self.state_dir / "bin"
         bin_dir.mkdir(exist_ok=True)
+        if real:
+            for name in ("kubelet", "kubeadm", "crictl"):
+                (bin_dir / name).symlink_to(binaries.binary(name))
+            (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} -m bmctl.lab.systemctl \"$@\"\n")
+            (bin_dir / "systemctl").chmod(0o755)
+            (bin_dir / "crictl.yaml").write_text("runtime-endpoint: unix:///run/containerd/containerd.sock\n")
+            return
         shared = self.state_dir / "shared"
         shared.mkdir(exist_ok=True)
         (bin_dir / "kubeadm").write_text(f"#!/bin/sh\nBMCTL_LAB_SHARED={shared} exec {sys.executable} "
@@ -193,10 +220,13 @@ class Lab:
                 (bin_dir / name).symlink_to(built)
 
     def _start_nodes(self, state: dict) -> None:
-        self._bin()
+        from bmctl.lab import realnode
+        real = state.get("real_nodes", False)
+        node_dirs = NODE_DIRS + (realnode.NODE_DIRS if real else [])
+        self._bin(real)
         with _registry() as reg:
             reg["labs"].append(state["id"])
-            for d in NODE_DIRS:
+            for d in node_dirs:
                 if not os.path.isdir(d):
                     os.makedirs(d, exist_ok=True)
                     reg["created_dirs"].append(d)
@@ -221,7 +251,14 @@ class Lab:
                 "MaxSessions 64", "MaxStartups 64:30:128", "Subsystem sftp internal-sftp", ""]))
             hosts = Path("/etc/hosts").read_text() if Path("/etc/hosts").exists() else ""
             (ndir / "hosts").write_text(f"{hosts.rstrip()}\n{node['address']} {node['name']}\n".lstrip())
-            spec = {"binds": [[str(ndir / "fs" / d.strip("/").replace("/", "_")), d] for d in NODE_DIRS]
+            private = {d: ndir / "fs" / d.strip("/").replace("/", "_") for d in node_dirs}
+            if real:
+                cgroup = realnode.node_cgroup(state["id"], node["name"])
+                realnode.copy_defaults(private["/etc/default"])
+                release = yaml.safe_load(Path(state["release"]).read_text())
+                realnode.prepare_files(lambda path: _private_path(private, path), cgroup,
+                                       f"{self.net_of(state).registry_ip}:5000", release["images"]["pause"])
+            spec = {"binds": [[str(src), d] for d, src in private.items()]
                      + [[str(self.state_dir / "bin"), BIN_DIR]],
                     # A stock root account: this machine's own ~/.bashrc (which bash sources for
                     # every SSH command) may start tools (pyenv, ...) a server would not have.
@@ -231,7 +268,8 @@ class Lab:
                                        [str(ndir / "hosts"), "/etc/hosts"], *accounts],
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
-                    "state_dir": str(ndir), "static_pods": state.get("static_pods", True)}
+                    "state_dir": str(ndir), "static_pods": state.get("static_pods", True),
+                    "cgroup": realnode.node_cgroup(state["id"], node["name"]) if real else None}
             (ndir / "node.json").write_text(json.dumps(spec, indent=2))
             state["pids"][node["name"]] = self._power_on(node)
             self.save(state)
@@ -377,9 +415,14 @@ class Lab:
                     _stop_group(int(pidfile.read_text()), timeout=5)
                 except ValueError:
                     pass
+        if state.get("real_nodes"):
+            # whatever a real node left running (pods, containerd shims) is in the lab's cgroup
+            from bmctl.lab import systemd
+            systemd.kill_cgroup(f"/bmctl-lab-{state['id']}", timeout=5)
+            systemd.remove_cgroup(f"/bmctl-lab-{state['id']}")
         for node in state.get("nodes", []):
             sh("ip", "netns", "del", node["netns"], check=False)
-        for ns in (state.get("client_ns"), state.get("bridge_ns")):
+        for ns in (state.get("client_ns"), state.get("registry_ns"), state.get("bridge_ns")):
             if ns:
                 sh("ip", "netns", "del", ns, check=False)
         if state.get("host_veth"):
@@ -419,6 +462,14 @@ class Lab:
             if node["address"] == address:
                 return node["netns"]
         raise KeyError(address)
+
+
+def _private_path(private: dict[str, Path], path: str) -> Path:
+    """Where a node's file lives on this machine: under the private folder that holds its path."""
+    for folder, source in sorted(private.items(), key=lambda kv: -len(kv[0])):
+        if path == folder or path.startswith(folder + "/"):
+            return source / path[len(folder):].lstrip("/")
+    raise KeyError(f"{path} is in no private folder of the node")
 
 
 REGISTRY = Path("/run/bmctl-lab")

@@ -33,6 +33,8 @@ def main(state_file: str) -> None:
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],
                             stdout=open(spec["sshd_log"], "ab"), stderr=subprocess.STDOUT)
+    if spec.get("cgroup"):  # a real node: containerd and the kubelet under the unit supervisor
+        return real_node(spec, sshd)
     runner = Runner(Path(spec["state_dir"])) if spec.get("static_pods", True) else \
         Runner(Path(spec["state_dir"]), manifests=Path("/nonexistent/bmctl-lab-no-static-pods"))
     stop = threading.Event()
@@ -52,6 +54,36 @@ def main(state_file: str) -> None:
             sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],
                                     stdout=open(spec["sshd_log"], "ab"), stderr=subprocess.STDOUT)
     thread.join(timeout=20)
+    sshd.terminate()
+    try:
+        sshd.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        sshd.kill()
+
+
+def real_node(spec: dict, sshd: subprocess.Popen) -> None:
+    """Boot the node's units (containerd, the kubelet) under the lab's systemd stand-in; on SIGTERM
+    stop them and every process left in the node's cgroup (pods, shims)."""
+    from bmctl.lab import realnode, systemd
+
+    state_dir = Path(spec["state_dir"])
+    realnode.boot(state_dir, spec["cgroup"])
+    supervisor = systemd.Supervisor(spec["cgroup"], state_dir)
+
+    def _term(signum, frame):
+        supervisor.stopping.set()
+
+    signal.signal(signal.SIGTERM, _term)
+    signal.signal(signal.SIGINT, _term)
+    threading.Thread(target=supervisor.serve, daemon=True).start()
+    supervisor.boot()
+    threading.Thread(target=supervisor.run, daemon=True).start()
+    while not supervisor.stopping.wait(0.5):
+        if sshd.poll() is not None:
+            sshd = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],
+                                    stdout=open(spec["sshd_log"], "ab"), stderr=subprocess.STDOUT)
+    supervisor.shutdown()
+    systemd.kill_cgroup(spec["cgroup"])
     sshd.terminate()
     try:
         sshd.wait(timeout=5)

@@ -83,9 +83,11 @@ def status_file(pod: str) -> str:
     return f"{STATUS_DIR}/{pod}.loaded"
 
 
-def _reloader(name: str, files: list[str], command: str, signal: str, check: str, note: str) -> str:
+def _reloader(name: str, files: list[str], command: str, signal: str, check: str, note: str,
+              stop_signal: str = "") -> str:
     return render("static-pods/reload-on-change.sh.j2", name=name, files=files, command=command, signal=signal,
-                  check=check, status_file=status_file(name), reload_note=note).rstrip("\n")
+                  check=check, status_file=status_file(name), reload_note=note,
+                  stop_signal=stop_signal).rstrip("\n")
 
 
 # The files lb_node_files writes, in its order (configs first, static pod manifests last).
@@ -105,7 +107,9 @@ def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[R
     container_cfg = f"{HAPROXY_CONTAINER_DIR}/haproxy.cfg"
     haproxy_run = _reloader("haproxy", [container_cfg], f"haproxy -W -db -f {container_cfg}", "USR2",
                             f"haproxy -c -q -f {container_cfg}",
-                            "SIGUSR2: a new worker takes over the listening sockets")
+                            "SIGUSR2: a new worker takes over the listening sockets",
+                            # the official image's STOPSIGNAL (HAProxy's soft stop)
+                            stop_signal="USR1")
     kconf_path = f"{KEEPALIVED_DIR}/keepalived.conf"
     keepalived_run = _reloader("keepalived", [kconf_path, CHECK_SCRIPT],
                                f"keepalived --dont-fork --log-console --vrrp --use-file={kconf_path}", "HUP", "",
