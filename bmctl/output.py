@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from bmctl.phases.plan import PlannedPhase
 
 def _console(stderr: bool) -> Console:
-    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # emoji=False: rich would turn ":100:" of "file.yaml:100:3" into an emoji; user text is escaped
+    # wherever markup is on, so neither markup nor emoji codes in it are ever read.
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True, emoji=False)
     if not console.is_terminal:
         console.width = 200  # logs and pipes: do not crop plan lines at 80 columns
     return console

@@ -86,3 +86,22 @@ def write_config(tmp_path):
         return path
 
     return _write
+
+
+def upstream_file(module: str, version: str, path: str, sha256: str) -> Path:
+    """An upstream project's own file, as its Go module (which the lab's build downloads with the
+    ordinary Go client) holds it, checked against the sha256 recorded in tests/data/upstream/. Not
+    committed here: copies of upstream files stay out of this repository."""
+    import hashlib
+    import json
+    import subprocess
+
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+    require(go is not None, "go (to read upstream's files from their Go modules)")
+    proc = subprocess.run([go, "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True,
+                          env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=600)
+    require(proc.returncode == 0, f"the Go module {module}@{version}: {proc.stderr.strip()[-300:]}")
+    found = Path(json.loads(proc.stdout)["Dir"]) / path
+    digest = hashlib.sha256(found.read_bytes()).hexdigest()
+    assert digest == sha256, f"{module}@{version} {path}: sha256 {digest}, recorded {sha256}"
+    return found

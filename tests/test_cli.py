@@ -152,13 +152,13 @@ def test_dry_run_layout_and_plan(tmp_path):
     names = sorted(p.name for p in (out / "cluster").iterdir())
     assert names == ["00-metallb-namespace.yaml", "01-metallb-crds.yaml", "02-metallb-rbac.yaml",
                      "03-metallb-memberlist.yaml", "04-metallb-controller.yaml", "05-metallb-speaker.yaml",
-                     "06-metallb-pools.yaml", "kube-proxy-config.yaml"]
-    for phase in ("Preflight", "Node provisioning", "Control-plane load balancer", "kubeadm", "MetalLB",
-                  "Verification"):
+                     "06-metallb-pools.yaml", "kube-flannel.yaml", "kube-proxy-config.yaml"]
+    for phase in ("Preflight", "Node provisioning", "Control-plane load balancer", "kubeadm", "Pod network",
+                  "MetalLB", "Verification"):
         assert phase in proc.stdout
     plan = json.loads((out / "plan.json").read_text())
     assert [p["phase"] for p in plan] == ["preflight", "provision", "control-plane-lb", "kubeadm",
-                                          "data-plane-lb", "verify"]
+                                          "pod-network", "data-plane-lb", "verify"]
     # a second dry run of a smaller config leaves no stale files behind
     docs = base_docs()
     del docs[3]
@@ -176,5 +176,32 @@ def test_manual_mode_dry_run_has_no_load_balancer(tmp_path):
     proc = bmctl("create", "cluster", "-c", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = tmp_path / "bmctl-workspace/t1/dry-run"
-    assert not list(out.rglob("keepalived.conf")) and not (out / "cluster").exists()
+    assert not list(out.rglob("keepalived.conf"))
+    assert [p.name for p in (out / "cluster").iterdir()] == ["kube-flannel.yaml"], "no MetalLB, only the pod network"
     assert (out / "192.0.2.11/etc/kubernetes/bmctl/kubeadm.yaml").is_file()
+
+
+def test_console_never_rewrites_user_text(tmp_path):
+    """Errors on lines 100 and 1234: rich would print `file.yaml💯3` for `:100:` and eat `[bold]`."""
+    docs = base_docs()
+    lb = docs[2]["spec"]["loadBalancer"]
+    lb["addressPools"][0]["addresses"] = ["192.0.2.150-192.0.2.100"]
+    lb["addressPools"][1]["name"] = "[bold]pool:100:[/bold]"
+    docs[2]["spec"]["nodeAccess"]["loginUser"] = "Bad:smile:User"
+    lines = dump(docs).splitlines()
+
+    def move(marker: str, to_line: int) -> None:
+        at = next(i for i, line in enumerate(lines) if marker in line)
+        lines[at:at] = ["# padding"] * (to_line - 1 - at)
+
+    move("192.0.2.150-192.0.2.100", 100)
+    move("loginUser", 1234)
+    path = tmp_path / "c.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    for args in (["check", "config", "-c", str(path)], ["create", "cluster", "-c", str(path), "--dry-run"]):
+        proc = bmctl(*args, cwd=tmp_path)
+        assert proc.returncode == 1
+        err = proc.stderr
+        assert f"{path}:100:" in err and f"{path}:1234:" in err, err
+        assert "💯" not in err and "😄" not in err
+        assert "'[bold]pool:100:[/bold]'" in err and "'Bad:smile:User'" in err

@@ -203,3 +203,59 @@ def test_single_node_cluster_runs_workloads_on_the_control_plane():
     init = next(yaml.safe_load_all(kubeadm_config(with_workers, with_workers.control_plane_nodes[0],
                                                   ClusterSecrets.generate()).content))
     assert "taints" not in init["nodeRegistration"]
+
+
+def _registration(config, node, secrets=None):
+    return next(yaml.safe_load_all(kubeadm_config(config, node, secrets or ClusterSecrets.generate()).content))[
+        "nodeRegistration"]
+
+
+def test_google_node_settings_reach_kubeadm():
+    docs = separate_lb_docs()
+    spec = docs[2]["spec"]
+    spec["nodeConfig"] = {"podDensity": {"maxPodsPerNode": 64}}
+    spec["controlPlane"]["apiServerCertExtraSANs"] = ["api.example.com", "203.0.113.7"]
+    spec["controlPlane"]["nodePoolSpec"]["taints"] = [{"key": "example.com/cp", "value": "only", "effect": "NoExecute"}]
+    spec["authentication"] = {"oidc": {"issuerURL": "https://idp.example.com", "clientID": "bmctl",
+                                       "username": "email", "group": "groups", "groupPrefix": "oidc:"}}
+    docs[3]["spec"].update(
+        kubeletConfig={"registryPullQPS": 10, "registryBurst": 20, "serializeImagePulls": False},
+        taints=[{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}],
+        labels={"example.com/tier": "gpu", "node.kubernetes.io/pool": "workers"})
+    config = config_from(docs)
+    worker = config.worker_nodes[0]
+    reg = _registration(config, worker)
+    args = {a["name"]: a["value"] for a in reg["kubeletExtraArgs"]}
+    assert args == {"node-ip": "192.0.2.21", "max-pods": "64", "registry-qps": "10", "registry-burst": "20",
+                    "serialize-image-pulls": "false",
+                    "node-labels": "example.com/tier=gpu,node.kubernetes.io/pool=workers"}
+    assert reg["taints"] == [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]
+    # the LB pool sets nothing of its own: pod density only, kubeadm's default taints
+    lb_reg = _registration(config, config.lb_nodes[0])
+    assert {a["name"] for a in lb_reg["kubeletExtraArgs"]} == {"node-ip", "max-pods"} and "taints" not in lb_reg
+    # control plane with workers: its own taint beside kubeadm's control-plane taint
+    init = list(yaml.safe_load_all(kubeadm_config(config, config.control_plane_nodes[0],
+                                                  ClusterSecrets.generate()).content))
+    assert init[0]["nodeRegistration"]["taints"] == [
+        {"key": "node-role.kubernetes.io/control-plane", "value": "", "effect": "NoSchedule"},
+        {"key": "example.com/cp", "value": "only", "effect": "NoExecute"}]
+    api = init[1]["apiServer"]
+    assert {"api.example.com", "203.0.113.7", "192.0.2.10"} <= set(api["certSANs"])
+    assert {a["name"]: a["value"] for a in api["extraArgs"]} == {
+        "oidc-issuer-url": "https://idp.example.com", "oidc-client-id": "bmctl", "oidc-username-claim": "email",
+        "oidc-groups-claim": "groups", "oidc-groups-prefix": "oidc:"}
+    plain = config_from(base_docs())
+    plain_init = kubeadm_config(plain, plain.control_plane_nodes[0], ClusterSecrets.generate()).content
+    assert "extraArgs" not in list(yaml.safe_load_all(plain_init))[1]["apiServer"]
+
+
+def test_manual_mode_kubeadm_names_no_haproxy():
+    docs = base_docs()
+    lb = docs[2]["spec"]["loadBalancer"]
+    lb["mode"] = "manual"
+    del lb["addressPools"]
+    config = config_from(docs)
+    text = kubeadm_config(config, config.control_plane_nodes[0], ClusterSecrets.generate()).content
+    assert "HAProxy" not in text and "your own load balancer" in text
+    bundled = config_from(base_docs())
+    assert "HAProxy" in kubeadm_config(bundled, bundled.control_plane_nodes[0], ClusterSecrets.generate()).content

@@ -165,11 +165,55 @@ CASES = {
     # documents
     "cluster name": (_set((2, "metadata", "name"), "My_Cluster"), "metadata.name", "not a valid cluster name"),
     "namespace mismatch": (_set((1, "metadata", "name"), "cluster-other"), "Namespace: metadata.name",
-                           "does not match"),
+                           "is not the Cluster's namespace 'cluster-t1'"),
+    "nodepool in another namespace": (_set((3, "metadata", "namespace"), "elsewhere"),
+                                      "NodePool 'workers': metadata.namespace", "is not the cluster's namespace"),
+    "control-plane clusterName": (_set((2, "spec", "controlPlane", "nodePoolSpec", "clusterName"), "other"),
+                                  "spec.controlPlane.nodePoolSpec.clusterName", "names cluster 'other'"),
+    "admin with pools": (_both(_set((2, "spec", "type"), "admin"), _del(LBP + ("vips", "ingressVIP"))),
+                         "spec.loadBalancer.addressPools", "admin clusters take no address pools"),
+    "admin with workers": (_both(_set((2, "spec", "type"), "admin"), _del(LBP + ("vips", "ingressVIP")),
+                                 _del(LBP + ("addressPools",))),
+                           "NodePool 'workers': kind", "admin clusters have no worker node pools"),
+    "bgp fields on layer2": (_set(LBP + ("localASN",), 65001), "spec.loadBalancer.localASN", "is for BGP"),
+    "bad cni": (_set((2, "spec", "clusterNetwork", "cni"), "calico"), "spec.clusterNetwork.cni", "not allowed"),
+    # Google's node settings
+    "max pods": (_set((2, "spec", "nodeConfig"), {"podDensity": {"maxPodsPerNode": 500}}),
+                 "spec.nodeConfig.podDensity.maxPodsPerNode", "out of range"),
+    "max pods too few": (_set((2, "spec", "nodeConfig"), {"podDensity": {"maxPodsPerNode": 8}}),
+                         "spec.nodeConfig.podDensity.maxPodsPerNode", "use 16 to 250 pods per node"),
+    "docker runtime": (_set((2, "spec", "nodeConfig"), {"containerRuntime": "docker"}),
+                       "spec.nodeConfig.containerRuntime", "Google bmctl's `containerRuntime: docker`"),
+    "registry burst below qps": (_set((3, "spec", "kubeletConfig"), {"registryPullQPS": 10, "registryBurst": 5}),
+                                 "NodePool 'workers': spec.kubeletConfig.registryBurst", "below registryPullQPS"),
+    "kubelet may not set label": (_set((3, "spec", "labels"), {"node-role.kubernetes.io/worker": ""}),
+                                  "NodePool 'workers': spec.labels", "the kubelet may not set"),
+    "bad label value": (_set((3, "spec", "labels"), {"example.com/tier": "front end"}),
+                        "NodePool 'workers': spec.labels", "not a valid label value"),
+    "bad taint effect": (_set((3, "spec", "taints"), [{"key": "dedicated", "value": "gpu", "effect": "Never"}]),
+                         "NodePool 'workers': spec.taints[0].effect", "not allowed"),
+    "bad cert SAN": (_set((2, "spec", "controlPlane", "apiServerCertExtraSANs"), ["api example.com"]),
+                     "spec.controlPlane.apiServerCertExtraSANs[0]", "neither an IP address nor a DNS name"),
+    "oidc over http": (_set((2, "spec", "authentication"), {"oidc": {"issuerURL": "http://idp.example.com",
+                                                                     "clientID": "bmctl"}}),
+                       "spec.authentication.oidc.issuerURL", "not an https URL"),
+    "oidc inline CA": (_set((2, "spec", "authentication"), {"oidc": {"issuerURL": "https://idp.example.com",
+                                                                     "clientID": "bmctl",
+                                                                     "certificateAuthorityData": "LS0t"}}),
+                       "spec.authentication.oidc.certificateAuthorityData", "not supported by bmctl"),
+    # Google features bmctl does not build: named, with what to do instead
+    "google storage": (_set((2, "spec", "storage"), {"lvpShare": {"path": "/mnt/localpv-share"}}), "spec.storage",
+                       "Google bmctl's local volume provisioning"),
+    "google edge profile": (_set((2, "spec", "profile"), "edge"), "spec.profile", "Google bmctl's `profile: edge`"),
+    "google multus": (_set((2, "spec", "clusterNetwork", "multipleNetworkInterfaces"), True),
+                      "spec.clusterNetwork.multipleNetworkInterfaces", "Google bmctl's multiple network interfaces"),
+    "google proxy": (_set((2, "spec", "proxy"), {"url": "http://proxy.example.com:3128"}), "spec.proxy",
+                     "Google bmctl's `proxy`"),
     "nodepool cluster name": (_set((3, "spec", "clusterName"), "other"), "NodePool 'workers': spec.clusterName",
                               "names cluster 'other'"),
     "unknown kind": (_set((3, "kind"), "MachinePool"), "kind", "unknown kind"),
-    "unknown header key": (_set((0, "sshPrivateKeyPth"), "/x"), "sshPrivateKeyPth", "did you mean 'sshPrivateKeyPath'"),
+    "unknown header key": (_both(_del((0, "sshPrivateKeyPath")), _set((0, "sshPrivateKeyPth"), "/x")),
+                           "sshPrivateKeyPth", "did you mean 'sshPrivateKeyPath'"),
 }
 
 
@@ -221,6 +265,109 @@ def test_duplicate_keys_are_errors(tmp_path):
     text = dump(base_docs()).replace("    mode: bundled\n", "    mode: bundled\n    mode: manual\n")
     _, problems = problems_for(text, tmp_path)
     assert any("appears twice" in p.message and p.path == "spec.loadBalancer.mode" for p in problems)
+
+
+def test_no_rename_hint_towards_a_key_already_there(tmp_path):
+    """Renaming a typo into a key the mapping already has would make a duplicate key."""
+    docs = base_docs()
+    docs[0]["sshPrivateKeyPth"] = "/x"
+    spec(docs)["clusterNetwrk"] = {}
+    _, problems = problems_for(docs, tmp_path)
+    typos = [p for p in problems if p.path in ("sshPrivateKeyPth", "spec.clusterNetwrk")]
+    assert len(typos) == 2 and not any("did you mean" in p.fix for p in typos)
+    assert all("remove it" in p.fix for p in typos)
+
+
+def test_google_fields_warn_once_and_load(tmp_path):
+    docs = base_docs()
+    docs[1]["metadata"]["name"] = docs[2]["metadata"]["namespace"] = docs[3]["metadata"]["namespace"] = "t1-ns"
+    docs[2]["metadata"]["annotations"] = {"baremetal.cluster.gke.io/external-cloud-provider": "true",
+                                          "team.example.com/owner": "ops"}
+    docs[2]["metadata"]["labels"] = {"env": "prod"}
+    docs[3]["metadata"]["labels"] = {"env": "prod"}
+    spec(docs)["gkeConnect"] = {"projectID": "example-project"}
+    spec(docs)["clusterOperations"] = {"projectID": "example-project", "location": "us-central1"}
+    spec(docs)["clusterSecurity"] = {"authorization": {"clusterAdmin": {"gcpAccounts": ["a@example.com"]}}}
+    spec(docs)["gkeOnPremAPI"] = {"enabled": False}
+    spec(docs)["bypassPreflightCheck"] = True
+    spec(docs)["controlPlane"]["nodePoolSpec"]["clusterName"] = "t1"
+    spec(docs)["clusterNetwork"]["advancedNetworking"] = False
+    spec(docs)["clusterNetwork"]["multipleNetworkInterfaces"] = False
+    spec(docs)["nodeConfig"] = {"containerRuntime": "containerd", "podDensity": {"maxPodsPerNode": 250}}
+    spec(docs)["authentication"] = {"oidc": {"issuerURL": "https://idp.example.com", "clientID": "bmctl",
+                                             "kubectlRedirectURL": "http://localhost:9879/callback"}}
+    docs[3]["spec"]["upgradeStrategy"] = {"concurrentNodes": 2}
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(docs))
+    config = load_config(path)
+    warned = [w.path for w in config.warnings if w.severity == "warning"]
+    for key in ("spec.gkeConnect", "spec.clusterOperations", "spec.clusterSecurity", "spec.gkeOnPremAPI",
+                "spec.bypassPreflightCheck", "spec.authentication.oidc.kubectlRedirectURL",
+                "metadata.annotations.baremetal.cluster.gke.io/external-cloud-provider",
+                "NodePool 'workers': spec.upgradeStrategy"):
+        assert warned.count(key) == 1, (key, warned)
+    assert not any("advancedNetworking" in w or "multipleNetworkInterfaces" in w or "team.example.com" in w
+                   for w in warned), "a feature switched off, or a user's own annotation, is no news"
+    assert config.spec.nodeConfig.podDensity.maxPodsPerNode == 250
+    assert config.spec.authentication.oidc.clientID == "bmctl"
+
+
+@pytest.mark.parametrize("release,installs,warns", [
+    ("1.34.0-gke.10", "v1.34.2", None),
+    ("1.16.2", "v1.34.2", "Google's release 1.16.2 runs Kubernetes 1.27, which bmctl cannot install"),
+    ("v1.6.0", "v1.34.2", "runs Kubernetes 1.18"),
+    ("0.7.0-gke.0", "v1.34.2", "not a Google release bmctl knows"),
+])
+def test_anthos_version_maps_to_the_kubernetes_bmctl_installs(release, installs, warns, tmp_path):
+    docs = base_docs()
+    spec(docs)["anthosBareMetalVersion"] = release
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(docs))
+    config = load_config(path)
+    assert config.spec.kubernetesVersion == installs
+    found = [w for w in config.warnings if w.path == "spec.anthosBareMetalVersion"]
+    if warns is None:
+        assert not found
+    else:
+        assert len(found) == 1 and warns in found[0].message and installs in found[0].message
+
+
+def test_any_namespace_name_shared_by_cluster_and_pools(tmp_path):
+    docs = base_docs()
+    docs[1]["metadata"]["name"] = docs[2]["metadata"]["namespace"] = docs[3]["metadata"]["namespace"] = "prod-ns"
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(docs))
+    assert load_config(path).name == "t1"
+
+
+def test_manual_mode_may_use_the_apiserver_port_on_its_own_balancer(tmp_path):
+    docs = base_docs()
+    lb(docs).update(mode="manual", ports={"controlPlaneLBPort": 6444})
+    del lb(docs)["addressPools"]
+    path = tmp_path / "c.yaml"
+    path.write_text(dump(docs))
+    assert load_config(path).lb.ports.controlPlaneLBPort == 6444
+
+
+def test_bgp_sub_fields_are_not_unknown(tmp_path):
+    docs = base_docs()
+    lb(docs).update(type="bgp", localASN=65001, bgpPeers=[{"ip": "192.0.2.1", "asn": 65000,
+                                                            "controlPlaneNodes": ["192.0.2.11"]}])
+    _, problems = problems_for(docs, tmp_path)
+    assert [p.path for p in problems if p.severity == "error"] == ["spec.loadBalancer.type"]
+
+
+def test_update_refuses_node_settings_and_cni(tmp_path):
+    from bmctl.config.changes import compare
+    before = base_docs()
+    after = base_docs()
+    spec(after)["clusterNetwork"]["cni"] = "none"
+    after[3]["spec"]["taints"] = [{"key": "dedicated", "value": "gpu", "effect": "NoSchedule"}]
+    spec(after)["nodeConfig"] = {"podDensity": {"maxPodsPerNode": 64}}
+    refused = compare(parse_config(dump(before), "a.yaml"), parse_config(dump(after), "b.yaml")).refused
+    paths = {f.path for f in refused}
+    assert ("spec", "clusterNetwork", "cni") in paths and ("spec", "taints") in paths
+    assert ("spec", "nodeConfig", "podDensity", "maxPodsPerNode") in paths
 
 
 def test_missing_namespace_document(tmp_path):

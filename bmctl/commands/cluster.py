@@ -75,7 +75,7 @@ def dry_run_phases(config: ClusterConfig, ws: Workspace, phases: list[Phase], op
     written = write_plan(planned, out_dir)
     print_plan(planned)
     assumed = sorted({f.interface for f in ctx.facts.values() if f.assumed})
-    if assumed and written:
+    if assumed and written and config.bundled:  # manual mode runs no VRRP
         out.print(f"Note: the dry run assumes VRRP interface {', '.join(assumed)}; a real run uses the "
                   "interface that holds each node's IP (or spec.loadBalancer.vrrp.interface).")
     out.print(f"Dry run: {len(written)} files written under {out_dir}; no machine was touched.")

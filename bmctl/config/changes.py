@@ -80,6 +80,24 @@ def _show(value: object) -> str:
     return str(value)
 
 
+def node_settings(config: ClusterConfig) -> dict[tuple, object]:
+    """Google's node settings (kubelet flags, taints, labels, API server flags), keyed by (path, what)."""
+    spec = config.spec
+    out: dict[tuple, object] = {
+        (("spec", "nodeConfig", "podDensity", "maxPodsPerNode"), "maxPodsPerNode"): spec.nodeConfig.podDensity,
+        (("spec", "controlPlane", "apiServerCertExtraSANs"), "apiServerCertExtraSANs"):
+            spec.controlPlane.apiServerCertExtraSANs,
+        (("spec", "authentication", "oidc"), "authentication.oidc"): spec.authentication.oidc,
+    }
+    pools = [(("spec", "controlPlane", "nodePoolSpec"), "the control-plane pool's", spec.controlPlane.nodePoolSpec),
+             ((*LB, "nodePoolSpec"), "the load-balancer pool's", config.lb.nodePoolSpec),
+             *((("spec",), f"node pool {p.metadata.name!r}'s", p.spec) for p in config.node_pools)]
+    for path, whose, pool in pools:
+        for key in ("kubeletConfig", "taints", "labels"):
+            out[(path + (key,), f"{whose} {key}")] = getattr(pool, key, None)
+    return out
+
+
 def compare(applied: ClusterConfig, desired: ClusterConfig) -> ConfigChanges:
     result = ConfigChanges(applied, desired)
     refused, changes = result.refused, result.changes
@@ -122,6 +140,12 @@ def compare(applied: ClusterConfig, desired: ClusterConfig) -> ConfigChanges:
                    list(getattr(net_a, key).cidrBlocks), list(getattr(net_d, key).cidrBlocks))
     _immutable(refused, ("spec", "clusterNetwork", "kubeProxyMode"), "kube-proxy's mode",
                net_a.kubeProxyMode, net_d.kubeProxyMode)
+    _immutable(refused, ("spec", "clusterNetwork", "cni"), "the pod network (cni)", net_a.cni, net_d.cni)
+    before = node_settings(applied)
+    for (path, what), value in node_settings(desired).items():
+        if before.get((path, what)) != value:
+            refused.append(Finding(path, f"{what} changed; `update loadbalancer` does not reconfigure nodes",
+                                   f"set it back as applied, {RECREATE}"))
     workers_a = {n.address for n in applied.worker_nodes}
     workers_d = {n.address for n in desired.worker_nodes}
     if workers_a != workers_d:

@@ -12,6 +12,7 @@ from typing import Any
 import pydantic
 
 from bmctl.config import model, rules
+from bmctl.config.google import take_google_fields
 from bmctl.config.problems import ConfigError, Problem
 from bmctl.config.source import Document, format_path, load_documents
 
@@ -56,7 +57,16 @@ def _fields_at(cls: type[pydantic.BaseModel], loc: tuple) -> list[str]:
     return []
 
 
-def _pydantic_findings(exc: pydantic.ValidationError, cls: type[pydantic.BaseModel]) -> list[rules.Finding]:
+def _keys_at(data: Any, loc: tuple) -> set:
+    for part in loc:
+        try:
+            data = data[part]
+        except (KeyError, IndexError, TypeError):
+            return set()
+    return set(data) if isinstance(data, dict) else set()
+
+
+def _pydantic_findings(exc: pydantic.ValidationError, cls: type[pydantic.BaseModel], data: Any) -> list[rules.Finding]:
     out = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -64,9 +74,11 @@ def _pydantic_findings(exc: pydantic.ValidationError, cls: type[pydantic.BaseMod
         if kind == "extra_forbidden":
             name = str(loc[-1])
             known = _fields_at(cls, loc[:-1])
-            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            # a key already written beside it is no rename target (that would make a duplicate key)
+            free = [k for k in known if k not in _keys_at(data, loc[:-1])]
+            close = difflib.get_close_matches(name, free, n=1, cutoff=0.6)
             if not close:
-                close = [k for k in known if k.lower() == name.lower()]
+                close = [k for k in free if k.lower() == name.lower()]
             if close:
                 fix = f"did you mean {close[0]!r}? Rename the key"
             elif known:
@@ -113,7 +125,7 @@ def _validate(cls: type[pydantic.BaseModel], data: Any) -> tuple[Any, list[rules
     try:
         return cls.model_validate(data), []
     except pydantic.ValidationError as exc:
-        findings = _pydantic_findings(exc, cls)
+        findings = _pydantic_findings(exc, cls, data)
         errors = exc.errors(include_url=False)
     for _ in range(3):
         if any(e["type"] == "missing" for e in errors):
@@ -230,24 +242,29 @@ def parse_config(text: str, filename: str, expected_name: str | None = None) -> 
                 out.add(header_doc, "", rules.Finding(
                     (key,), "is a Google Cloud key path that this bmctl does not use; it is ignored",
                     "remove the line", "warning"))
+        data, findings = take_google_fields("header", data)
+        for f in findings:
+            out.add(header_doc, "", f)
         try:
             header = model.Header.model_validate(data)
         except pydantic.ValidationError as exc:
-            for f in _pydantic_findings(exc, model.Header):
+            for f in _pydantic_findings(exc, model.Header, data):
                 out.add(header_doc, "", f)
         else:
             for f in rules.check_header(header):
                 out.add(header_doc, "", f)
 
     cluster_doc = cluster_docs[0]
-    cluster, findings = _validate(model.Cluster, cluster_doc.data)
-    for f in findings:
+    data, google = take_google_fields("Cluster", cluster_doc.data)
+    cluster, findings = _validate(model.Cluster, data)
+    for f in google + findings:
         out.add(cluster_doc, "", f)
 
     pools: list[tuple[Document, model.NodePool]] = []
     for doc in pool_docs:
-        pool, findings = _validate(model.NodePool, doc.data)
-        for f in findings:
+        data, google = take_google_fields("NodePool", doc.data)
+        pool, findings = _validate(model.NodePool, data)
+        for f in google + findings:
             out.add(doc, _doc_label(doc, "NodePool"), f)
         if pool is not None:
             pools.append((doc, pool))
@@ -267,8 +284,9 @@ def parse_config(text: str, filename: str, expected_name: str | None = None) -> 
                                  node_pools=tuple(p for _, p in pools))
     for f in rules.check_cluster(config, expected_name):
         out.add(cluster_doc, "", f)
+    namespace = rules.cluster_namespace(config, [ns for _, ns in namespaces])
     for doc, pool in pools:
-        for f in rules.check_node_pool_doc(config, pool):
+        for f in rules.check_node_pool_doc(config, pool, namespace):
             out.add(doc, _doc_label(doc, "NodePool"), f)
     for f in rules.check_namespaces(config, [ns for _, ns in namespaces]):
         doc = namespaces[f.doc_index][0] if f.doc_index is not None else cluster_doc

@@ -34,11 +34,16 @@ class Strict(BaseModel):
 class Header(Strict):
     sshPrivateKeyPath: Optional[str] = None
     sshKnownHostsPath: Optional[str] = None
+    # bmctl-only: a release file (Kubernetes version + image references, see bmctl/release/)
+    # instead of the release bmctl ships; a relative path is relative to the config file.
+    releaseFile: Optional[str] = None
 
 
 class Meta(Strict):
     name: str
     namespace: Optional[str] = None
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
 
 
 class Node(Strict):
@@ -51,12 +56,33 @@ class Node(Strict):
         return self.k8sIP or self.address
 
 
+class KubeletConfig(Strict):
+    """Google's per-pool kubelet settings (passed to each node's kubelet)."""
+
+    registryPullQPS: Optional[int] = None
+    registryBurst: Optional[int] = None
+    serializeImagePulls: Optional[bool] = None
+
+
+class Taint(Strict):
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+
 class NodePoolSpec(Strict):
+    """Google's NodePoolSpec: the control-plane, load-balancer and NodePool documents share it."""
+
+    clusterName: Optional[str] = None
     nodes: list[Node] = Field(min_length=1)
+    kubeletConfig: KubeletConfig = KubeletConfig()
+    taints: list[Taint] = []
+    labels: dict[str, str] = {}
 
 
 class ControlPlane(Strict):
     nodePoolSpec: NodePoolSpec
+    apiServerCertExtraSANs: list[str] = []
 
 
 class CIDRBlocks(Strict):
@@ -67,6 +93,7 @@ class ClusterNetwork(Strict):
     pods: CIDRBlocks
     services: CIDRBlocks
     kubeProxyMode: Literal["iptables", "ipvs"] = "iptables"
+    cni: Literal["flannel", "none"] = "flannel"  # bmctl-only: none = bring your own pod network
 
 
 class Ports(Strict):
@@ -94,6 +121,12 @@ class VRRP(Strict):
     interface: Optional[str] = None
 
 
+class BGPPeer(Strict):
+    ip: str
+    asn: int
+    controlPlaneNodes: list[str] = []
+
+
 class LoadBalancer(Strict):
     mode: Literal["bundled", "manual"]
     type: Literal["layer2", "bgp"] = "layer2"
@@ -102,10 +135,37 @@ class LoadBalancer(Strict):
     addressPools: list[AddressPool] = []
     nodePoolSpec: Optional[NodePoolSpec] = None
     vrrp: VRRP = VRRP()
+    localASN: Optional[int] = None
+    bgpPeers: list[BGPPeer] = []
 
 
 class NodeAccess(Strict):
     loginUser: str = "root"
+
+
+class PodDensity(Strict):
+    maxPodsPerNode: Optional[int] = None
+
+
+class NodeConfig(Strict):
+    podDensity: PodDensity = PodDensity()
+    containerRuntime: Literal["containerd"] = "containerd"
+
+
+class OIDC(Strict):
+    """Google's authentication.oidc: the fields kube-apiserver takes (client-side ones are dropped by the
+    loader with a warning)."""
+
+    issuerURL: str
+    clientID: str
+    username: Optional[str] = None
+    usernamePrefix: Optional[str] = None
+    group: Optional[str] = None
+    groupPrefix: Optional[str] = None
+
+
+class Authentication(Strict):
+    oidc: Optional[OIDC] = None
 
 
 class ClusterSpec(Strict):
@@ -115,6 +175,8 @@ class ClusterSpec(Strict):
     clusterNetwork: ClusterNetwork
     loadBalancer: LoadBalancer
     nodeAccess: NodeAccess = NodeAccess()
+    nodeConfig: NodeConfig = NodeConfig()
+    authentication: Authentication = Authentication()
 
 
 class Cluster(Strict):
@@ -130,9 +192,8 @@ class Namespace(Strict):
     metadata: Meta
 
 
-class NodePoolDocSpec(Strict):
+class NodePoolDocSpec(NodePoolSpec):
     clusterName: str
-    nodes: list[Node] = Field(min_length=1)
 
 
 class NodePool(Strict):
@@ -205,9 +266,20 @@ class ClusterConfig:
             out.append("worker")
         return out
 
+    def pool_spec(self, node: Node) -> NodePoolSpec:
+        """The node pool that lists `node` (a node is in one pool only: validation sees to it)."""
+        pools = [self.spec.controlPlane.nodePoolSpec, *([self.lb.nodePoolSpec] if self.separate_lb_pool else []),
+                 *(p.spec for p in self.node_pools)]
+        return next(p for p in pools if node.address in {n.address for n in p.nodes})
+
     @property
     def bundled(self) -> bool:
         return self.lb.mode == "bundled"
+
+    @property
+    def runs_metallb(self) -> bool:
+        """Bundled mode deploys MetalLB, except on admin clusters (Google's rule: they run no Services)."""
+        return self.bundled and self.spec.type != "admin"
 
     @property
     def virtual_router_id(self) -> int:

@@ -54,16 +54,13 @@ def check_cluster(config: model.ClusterConfig, expected_name: str | None) -> lis
     elif expected_name is not None and name != expected_name:
         out.append(Finding(("metadata", "name"), f"the cluster is named {name!r}, but -c asked for "
                            f"{expected_name!r}", f"set metadata.name to {expected_name!r} or pass -c {name}"))
-    ns = config.cluster.metadata.namespace
-    if ns is not None and ns != f"cluster-{name}":
-        out.append(Finding(("metadata", "namespace"), f"namespace {ns!r} does not match the cluster",
-                           f"set it to 'cluster-{name}'"))
     if not K8S_VERSION.match(config.spec.kubernetesVersion):
         out.append(Finding(("spec", "kubernetesVersion"),
                            f"{config.spec.kubernetesVersion!r} is not a Kubernetes version",
                            f"write it like {model.DEFAULT_KUBERNETES_VERSION!r}"))
     out.extend(_check_network(config))
     out.extend(_check_load_balancer(config))
+    out.extend(_check_nodes_settings(config))
     user = config.spec.nodeAccess.loginUser
     if not UNIX_USER.match(user):
         out.append(Finding(("spec", "nodeAccess", "loginUser"), f"{user!r} is not a valid login name",
@@ -113,11 +110,15 @@ def _check_load_balancer(config: model.ClusterConfig) -> list[Finding]:
     if lb.type == "bgp":
         out.append(Finding(LB + ("type",), "BGP load balancing is not supported yet",
                            "use 'layer2' (the default); BGP mode will come in a later release"))
+    elif lb.localASN is not None or lb.bgpPeers:
+        key = "localASN" if lb.localASN is not None else "bgpPeers"
+        out.append(Finding(LB + (key,), f"{key} is for BGP load balancing, but type is {lb.type!r}",
+                           "remove localASN and bgpPeers (layer 2 needs no router)"))
     port = lb.ports.controlPlaneLBPort
     if not 1 <= port <= 65535:
         out.append(Finding(LB + ("ports", "controlPlaneLBPort"), f"{port} is not a TCP port",
                            "use a port between 1 and 65535; 443 is usual"))
-    elif port in RESERVED_PORTS:
+    elif port in RESERVED_PORTS and lb.mode == "bundled":  # manual: the port is on the external LB
         out.append(Finding(LB + ("ports", "controlPlaneLBPort"),
                            f"port {port} is used by {RESERVED_PORTS[port]} on the nodes",
                            "use another port for the API VIP, e.g. 443"))
@@ -155,6 +156,11 @@ def _check_load_balancer(config: model.ClusterConfig) -> list[Finding]:
             out.append(Finding(LB + ("nodePoolSpec",), "manual load balancing runs no load-balancer nodes",
                                "remove nodePoolSpec, or set mode: bundled"))
         return out
+
+    if config.spec.type == "admin" and lb.addressPools:
+        out.append(Finding(LB + ("addressPools",), "admin clusters take no address pools (Google's rule: an admin "
+                           "cluster runs no LoadBalancer Services, so bmctl deploys no MetalLB there)",
+                           "remove addressPools, or make the cluster hybrid or standalone to run Services"))
 
     pools = []  # (range, path, pool index)
     names: dict[str, int] = {}
@@ -219,6 +225,85 @@ def _check_load_balancer(config: model.ClusterConfig) -> list[Finding]:
             if intersects(rng, net):
                 out.append(Finding(ppath, f"overlaps the {kind} CIDR {net}",
                                    f"use addresses outside the cluster's {kind} range"))
+    return out
+
+
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
+# The kubelet may set labels on its own Node only outside these prefixes, apart from a few it owns.
+KUBELET_LABEL_PREFIXES = ("kubernetes.io", "k8s.io")
+KUBELET_ALLOWED_PREFIXES = ("kubelet.kubernetes.io", "node.kubernetes.io")
+HOSTNAME = re.compile(r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+# nodeConfig.podDensity.maxPodsPerNode: Google's bounds are 32 to 250; bmctl also takes 16 (a /27 of
+# the pod CIDR per node, for small racks and the lab, whose pods share one /24).
+MAX_PODS = (16, 250)
+
+
+def _label_key_problem(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if not LABEL_NAME.match(name) or (prefix and (not DNS_SUBDOMAIN.match(prefix) or len(prefix) > 253)):
+        return ("is not a valid label key (an optional DNS prefix and '/', then at most 63 letters, digits, "
+                "'-', '_' or '.')")
+    return None
+
+
+def _check_pool_spec(spec: model.NodePoolSpec, path: tuple, cluster: str) -> list[Finding]:
+    """clusterName, kubeletConfig, taints and labels of one node pool (Google's NodePoolSpec)."""
+    out = []
+    if spec.clusterName is not None and spec.clusterName != cluster:
+        out.append(Finding(path + ("clusterName",), f"names cluster {spec.clusterName!r}, but the Cluster document "
+                           f"is {cluster!r}", f"set clusterName: {cluster}"))
+    kc = spec.kubeletConfig
+    for key, value, low in (("registryPullQPS", kc.registryPullQPS, 0), ("registryBurst", kc.registryBurst, 0)):
+        if value is not None and not low <= value <= 50:
+            out.append(Finding(path + ("kubeletConfig", key), f"{value} is out of range",
+                               f"use a value from {low} to 50 (Google's bounds)"))
+    if kc.registryPullQPS and kc.registryBurst is not None and kc.registryBurst < kc.registryPullQPS:
+        out.append(Finding(path + ("kubeletConfig", "registryBurst"), f"{kc.registryBurst} is below registryPullQPS "
+                           f"({kc.registryPullQPS})", "make registryBurst at least registryPullQPS"))
+    for i, taint in enumerate(spec.taints):
+        problem = _label_key_problem(taint.key)
+        if problem:
+            out.append(Finding(path + ("taints", i, "key"), f"{taint.key!r} {problem}", "correct the taint key"))
+        if taint.value and not LABEL_NAME.match(taint.value):
+            out.append(Finding(path + ("taints", i, "value"), f"{taint.value!r} is not a valid taint value",
+                               "use at most 63 letters, digits, '-', '_' or '.'"))
+    for key, value in spec.labels.items():
+        problem = _label_key_problem(key)
+        prefix = key.rpartition("/")[0]
+        if problem:
+            out.append(Finding(path + ("labels", key), f"{key!r} {problem}", "correct the label key"))
+        elif prefix.endswith(KUBELET_LABEL_PREFIXES) and not prefix.endswith(KUBELET_ALLOWED_PREFIXES):
+            out.append(Finding(path + ("labels", key), f"the kubelet may not set {key!r} on its own node (the "
+                               "NodeRestriction admission plugin refuses labels under kubernetes.io and k8s.io)",
+                               "use your own prefix (e.g. example.com/role) or node.kubernetes.io/..."))
+        if value and not LABEL_NAME.match(value):
+            out.append(Finding(path + ("labels", key), f"{value!r} is not a valid label value",
+                               "use at most 63 letters, digits, '-', '_' or '.'"))
+    return out
+
+
+def _check_nodes_settings(config: model.ClusterConfig) -> list[Finding]:
+    """Google's settings that change the nodes: pod density, kubelet, API server certificate, OIDC."""
+    out = _check_pool_spec(config.spec.controlPlane.nodePoolSpec, ("spec", "controlPlane", "nodePoolSpec"),
+                           config.name)
+    if config.lb.nodePoolSpec is not None:
+        out += _check_pool_spec(config.lb.nodePoolSpec, LB + ("nodePoolSpec",), config.name)
+    pods = config.spec.nodeConfig.podDensity.maxPodsPerNode
+    if pods is not None and not MAX_PODS[0] <= pods <= MAX_PODS[1]:
+        out.append(Finding(("spec", "nodeConfig", "podDensity", "maxPodsPerNode"), f"{pods} is out of range",
+                           f"use {MAX_PODS[0]} to {MAX_PODS[1]} pods per node (110 is the Kubernetes default)"))
+    for i, san in enumerate(config.spec.controlPlane.apiServerCertExtraSANs):
+        try:
+            parse_ip(san)
+        except AddressError:
+            if not HOSTNAME.match(san) or len(san) > 253:
+                out.append(Finding(("spec", "controlPlane", "apiServerCertExtraSANs", i),
+                                   f"{san!r} is neither an IP address nor a DNS name",
+                                   "write an IP address or a lowercase DNS name (e.g. api.example.com)"))
+    oidc = config.spec.authentication.oidc
+    if oidc is not None and not oidc.issuerURL.startswith("https://"):
+        out.append(Finding(("spec", "authentication", "oidc", "issuerURL"), f"{oidc.issuerURL!r} is not an https URL",
+                           "kube-apiserver only accepts an https issuer URL, e.g. https://accounts.google.com"))
     return out
 
 
@@ -303,28 +388,47 @@ def check_nodes(config: model.ClusterConfig, pools: list[model.NodePool]) -> lis
     return out
 
 
-def check_node_pool_doc(config: model.ClusterConfig, pool: model.NodePool) -> list[Finding]:
+def check_node_pool_doc(config: model.ClusterConfig, pool: model.NodePool, namespace: str | None) -> list[Finding]:
     out = []
-    if pool.spec.clusterName != config.name:
-        out.append(Finding(("spec", "clusterName"), f"names cluster {pool.spec.clusterName!r}, but the "
-                           f"Cluster document is {config.name!r}", f"set clusterName: {config.name}"))
     if not DNS_SUBDOMAIN.match(pool.metadata.name):
         out.append(Finding(("metadata", "name"), f"{pool.metadata.name!r} is not a valid node pool name",
                            "use lowercase letters, digits and '-'"))
+    out += _check_pool_spec(pool.spec, ("spec",), config.name)
     ns = pool.metadata.namespace
-    if ns is not None and ns != f"cluster-{config.name}":
-        out.append(Finding(("metadata", "namespace"), f"namespace {ns!r} does not match the cluster",
-                           f"set it to 'cluster-{config.name}'"))
+    if ns is not None and namespace is not None and ns != namespace:
+        out.append(Finding(("metadata", "namespace"), f"namespace {ns!r} is not the cluster's namespace "
+                           f"{namespace!r}",
+                           f"set it to {namespace!r}: a cluster and its node pools share one namespace"))
+    if config.spec.type == "admin":
+        out.append(Finding(("kind",), "admin clusters have no worker node pools (Google's rule: an admin cluster "
+                           "runs only the control plane)", "remove this NodePool, or make the cluster hybrid or "
+                           "standalone to run workloads"))
     return out
 
 
-def check_namespaces(config: model.ClusterConfig, namespaces: list[model.Namespace]) -> list[Finding]:
-    want = f"cluster-{config.name}"
-    if not namespaces:
-        return [Finding(("metadata",), f"the file has no Namespace document for {want!r}",
-                        f"add a document `apiVersion: v1`, `kind: Namespace`, `metadata: {{name: {want}}}` "
-                        "before the Cluster")]
-    return [Finding(("metadata", "name"), f"namespace {ns.metadata.name!r} does not match the cluster",
-                    f"name it {want!r}", doc_index=i)
-            for i, ns in enumerate(namespaces) if ns.metadata.name != want]
+def cluster_namespace(config: model.ClusterConfig, namespaces: list[model.Namespace]) -> str | None:
+    """The namespace the Cluster lives in: its metadata.namespace, else the file's Namespace document."""
+    if config.cluster.metadata.namespace is not None:
+        return config.cluster.metadata.namespace
+    return namespaces[0].metadata.name if namespaces else None
 
+
+def check_namespaces(config: model.ClusterConfig, namespaces: list[model.Namespace]) -> list[Finding]:
+    """Any namespace name (Google dropped `cluster-NAME` in 1.7.2), one per file, the Cluster's own."""
+    want = cluster_namespace(config, namespaces)
+    if not namespaces:
+        name = want or f"cluster-{config.name}"
+        return [Finding(("metadata",), f"the file has no Namespace document for {name!r}",
+                        f"add a document `apiVersion: v1`, `kind: Namespace`, `metadata: {{name: {name}}}` "
+                        "before the Cluster")]
+    out = []
+    for i, ns in enumerate(namespaces):
+        name = ns.metadata.name
+        if not DNS_LABEL.match(name):
+            out.append(Finding(("metadata", "name"), f"{name!r} is not a valid namespace name",
+                               "use at most 63 lowercase letters, digits and '-'", doc_index=i))
+        elif name != want:
+            out.append(Finding(("metadata", "name"), f"namespace {name!r} is not the Cluster's namespace {want!r}",
+                               f"name it {want!r} (the Cluster and its node pools live in one namespace), or set "
+                               f"the Cluster's metadata.namespace to {name!r}", doc_index=i))
+    return out

@@ -183,17 +183,17 @@ class Lab:
     def _registry(self, state: dict) -> None:
         """The lab's OCI registry, in a namespace of its own on the bridge, holding every image the
         cluster runs (built here); the release that names them is saved as release.yaml."""
-        from bmctl.lab import registry
+        from bmctl.lab import release
         net = self.net_of(state)
         ns = f"bl{state['id']}-registry"
         state["registry_ns"] = ns
         self.save(state)
         self._attach(state["bridge_ns"], ns, "registry", net.registry_ip, net.prefix)
-        pid, release = registry.publish(ns, net.registry_ip, self.state_dir / "registry")
+        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry")
         state["pids"]["registry"] = pid
         state["release"] = str(self.state_dir / "release.yaml")
-        (self.state_dir / "release.yaml").write_text(yaml.safe_dump(release, sort_keys=False))
         self.save(state)
+        release.write_release(self.state_dir / "release.yaml", content)
 
     def _bin(self, real: bool = False) -> None:
         """The lab's /usr/local/bin: on real nodes the kubelet, kubeadm, crictl and `systemctl` (the
@@ -380,9 +380,15 @@ class Lab:
                     "addressPools": [{"name": "lab-services", "addresses": [net.pool]}]}
         if lbs:
             lb["nodePoolSpec"] = {"nodes": lbs}
+        header = {"sshPrivateKeyPath": str(self.state_dir / "id_ed25519"),
+                  "sshKnownHostsPath": str(self.state_dir / "known_hosts")}
+        spec_extra: dict = {}
+        if state.get("real_nodes"):
+            header["releaseFile"] = state["release"]  # the images built here, in the lab's registry
+            # a /27 of the pod network per node: the lab's pods share one documentation /24
+            spec_extra["nodeConfig"] = {"podDensity": {"maxPodsPerNode": 16}}
         docs = [
-            {"sshPrivateKeyPath": str(self.state_dir / "id_ed25519"),
-             "sshKnownHostsPath": str(self.state_dir / "known_hosts")},
+            header,
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"cluster-{name}"}},
             {"apiVersion": "baremetal.cluster.gke.io/v1", "kind": "Cluster",
              "metadata": {"name": name, "namespace": f"cluster-{name}"},
@@ -390,7 +396,7 @@ class Lab:
                       "controlPlane": {"nodePoolSpec": {"nodes": cps}},
                       "clusterNetwork": {"pods": {"cidrBlocks": [net.pods]},
                                          "services": {"cidrBlocks": [net.services]}},
-                      "loadBalancer": lb, "nodeAccess": {"loginUser": "root"}}},
+                      "loadBalancer": lb, "nodeAccess": {"loginUser": "root"}, **spec_extra}},
         ]
         if workers:
             docs.append({"apiVersion": "baremetal.cluster.gke.io/v1", "kind": "NodePool",

@@ -8,8 +8,23 @@ from bmctl.phases.base import Context, Phase, Step
 from bmctl.phases.facts import read_facts_and_files
 from bmctl.render import lb_node_files
 from bmctl.render.controlplane_lb import LB_NODE_PATHS
+from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN, lb_bootstrap_files
 
 VIP_WAIT_SECONDS = 90
+KUBELET_CONF = "/etc/kubernetes/kubelet.conf"
+
+# Where a node's kubelet stands (see bmctl/render/kubelet.py): "kubeadm" once kubeadm configured it
+# (then a leftover bootstrap drop-in goes and the kubelet restarts with kubeadm's configuration),
+# "standalone" before, "no-kubelet" on a node without one. Arguments: kubelet.conf, drop-in, config.
+_KUBELET_STATE = r'''
+set -eu
+command -v kubelet >/dev/null 2>&1 || { echo no-kubelet; exit 0; }
+if [ -f "$1" ]; then
+  if [ -e "$2" ]; then rm -f "$2" "$3"; systemctl daemon-reload; systemctl restart kubelet; fi
+  echo kubeadm; exit 0
+fi
+echo "standalone $(systemctl is-active kubelet || true)"
+'''
 
 
 def _holds(host: Host, vip: str) -> bool:
@@ -46,7 +61,28 @@ class ControlPlaneLB(Phase):
 
     def run(self, ctx: Context) -> None:
         self.write_files(ctx)
+        self.start_kubelets(ctx)
         self.wait_for_vip(ctx)
+
+    @staticmethod
+    def start_kubelets(ctx: Context) -> None:
+        """LB nodes whose kubelet kubeadm has not configured yet run it standalone, so that it
+        starts Keepalived and HAProxy (bmctl/render/kubelet.py says why)."""
+        config = ctx.config
+
+        def start(host: Host) -> None:
+            state = host.run(["sh", "-c", _KUBELET_STATE, "sh", KUBELET_CONF, BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG],
+                             step="read the kubelet's state").stdout.split()
+            if state[0] != "standalone":
+                return
+            changes = ctx.record(host.address, sync_files(host, lb_bootstrap_files(config)))
+            if any(c.status != "unchanged" for c in changes) or state[1:] != ["active"]:
+                host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload")
+                host.run(["systemctl", "enable", "kubelet"], step="enable the kubelet")
+                host.run(["systemctl", "restart", "kubelet"], step="start the kubelet standalone")
+                ctx.progress.host(host.address, "kubelet started standalone (Keepalived and HAProxy until kubeadm)")
+
+        ctx.inventory.parallel([n.address for n in config.lb_nodes], start)
 
     @staticmethod
     def write_files(ctx: Context) -> None:

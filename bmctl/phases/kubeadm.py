@@ -12,6 +12,7 @@ from bmctl.host import Host, sync_files
 from bmctl.kube import Kube
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.render.kubeadm import KUBEADM_CONFIG, kubeadm_action, kubeadm_config
+from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 from bmctl.workspace import write_private
 
 ADMIN_CONF = "/etc/kubernetes/admin.conf"
@@ -35,23 +36,38 @@ def ca_cert_hash(pem: str) -> str:
 #   before kubeadm runs again (kubeadm itself refuses to run over its own half-written state);
 # - a node that has its set-up file (admin.conf / kubelet.conf) but no record of ours was set up by an earlier
 #   bmctl or by hand: it is left alone.
-# Arguments: the state folder, the file that shows the node is set up, then kubeadm's arguments.
+# Arguments: the state folder, the file that shows the node is set up, the LB bootstrap kubelet drop-in
+# and its configuration (bmctl/render/kubelet.py), then kubeadm's arguments.
 # Prints "ran" or "had".
 KUBEADM_STATE = "/var/lib/bmctl/kubeadm"
 KUBEADM_STATE_FILES = [f"{KUBEADM_STATE}/{f}" for f in ("done", "started", "kubeadm.log", "reset.log")]
 _KUBEADM = r'''
 set -u
 umask 077
-state=$1; setup=$2; shift 2
+state=$1; setup=$2; dropin=$3; standalone=$4; shift 4
 mkdir -p "$state"
 exec 9>"$state/lock"
 flock 9
 if [ -f "$state/done" ] || { [ ! -f "$state/started" ] && [ -f "$setup" ]; }; then
   : > "$state/done"; echo had; exit 0
 fi
+if [ -e "$dropin" ]; then
+  # the kubelet ran standalone until now (load-balancer node): kubeadm configures and starts it;
+  # the Keepalived and HAProxy containers keep running meanwhile
+  rm -f "$dropin" "$standalone"
+  systemctl daemon-reload && systemctl stop kubelet
+fi
 if [ -f "$state/started" ]; then
   echo "an earlier kubeadm $1 was cut short: kubeadm reset -f first" >&2
+  # kubeadm reset empties the manifests folder: keep the static pods that are not kubeadm's
+  mkdir -p "$state/keep"
+  for f in /etc/kubernetes/manifests/*.yaml; do
+    case "${f##*/}" in etcd.yaml|kube-apiserver.yaml|kube-controller-manager.yaml|kube-scheduler.yaml) ;;
+      *) [ -f "$f" ] && cp -p "$f" "$state/keep/" ;; esac
+  done
   kubeadm reset -f > "$state/reset.log" 2>&1 || { tail -n 40 "$state/reset.log" >&2; exit 1; }
+  mkdir -p /etc/kubernetes/manifests
+  for f in "$state/keep"/*.yaml; do [ -f "$f" ] && mv -f "$f" /etc/kubernetes/manifests/; done
 fi
 : > "$state/started"
 kubeadm "$@" > "$state/kubeadm.log" 2>&1 || { tail -n 40 "$state/kubeadm.log" >&2; exit 1; }
@@ -62,8 +78,10 @@ echo ran
 
 def run_kubeadm(host: Host, args: list[str], setup_file: str) -> bool:
     """kubeadm init/join as described above; True when it ran, False when the node was set up."""
-    res = host.run(["sh", "-c", _KUBEADM, "sh", KUBEADM_STATE, setup_file, *args], step=f"kubeadm {args[0]}",
-                   timeout=900, retry=False)
+    res = host.run(["sh", "-c", _KUBEADM, "sh", KUBEADM_STATE, setup_file, BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG, *args,
+                    # Keepalived's and HAProxy's static pods are in the manifests folder already
+                    "--ignore-preflight-errors=DirAvailable--etc-kubernetes-manifests"],
+                   step=f"kubeadm {args[0]}", timeout=900, retry=False)
     return res.stdout.strip().endswith("ran")
 
 

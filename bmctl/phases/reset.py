@@ -8,6 +8,7 @@ from bmctl.host import Host
 from bmctl.host.files import remove_files
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.phases.kubeadm import KUBEADM_STATE_FILES
+from bmctl.phases.network import flannel_leftovers, node_cleanup_argv
 from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
 from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, LB_NODE_PATHS, status_file
@@ -45,6 +46,7 @@ class Reset(Phase):
         for node in ctx.config.all_nodes:
             steps.append(Step(node.address, "kubeadm reset -f (static pods, etcd member, certificates)"))
             steps.append(Step(node.address, "remove " + ", ".join(self._files(ctx, node.address))))
+            steps.append(Step(node.address, "remove what flannel leaves: " + flannel_leftovers(ctx.config)))
             ports = self._ports(ctx, node.address)
             if ports:
                 steps.append(Step(node.address, "check nothing listens on " + ", ".join(map(str, ports)) +
@@ -59,6 +61,7 @@ class Reset(Phase):
             if has_kubeadm:
                 host.run(["kubeadm", "reset", "-f"], step="kubeadm reset", timeout=300)
             remove_files(host, self._files(ctx, host.address))
+            host.run(node_cleanup_argv(ctx.config), step="remove flannel's files, links and routes")
             ports = self._ports(ctx, host.address)
             deadline = time.monotonic() + STOP_SECONDS
             while True:

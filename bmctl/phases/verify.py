@@ -13,7 +13,7 @@ class Verify(Phase):
         config = ctx.config
         steps = [Step(CLUSTER, f"the API answers through {config.lb.vips.controlPlaneVIP}:"
                                f"{config.lb.ports.controlPlaneLBPort}; every node registered")]
-        if config.bundled:
+        if config.runs_metallb:
             steps.append(Step(CLUSTER, "MetalLB controller and speakers ready; pools accepted"))
         steps.append(Step(CLUSTER, "record the applied config (ConfigMap kube-system/bmctl-applied-config)"))
         return steps

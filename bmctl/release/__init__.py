@@ -1,0 +1,115 @@
+"""What a Kubernetes version means for bmctl: the Kubernetes version it installs and the image of
+every pod it runs (name -> reference). The one place where versions and image references live.
+
+A real cluster gets the release bmctl ships (bmctl/release/v1.34.2.yaml: upstream's references);
+the lab gets the one it built (bmctl/lab/release.py), named by the config header's `releaseFile`.
+Both flow through the same code: kubeadm's image settings, the pod specs, containerd's sandbox image.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from bmctl.errors import BmctlError
+
+DEFAULT_VERSION = "v1.34.2"
+# Every image a release names (bmctl checks a release file has each one).
+IMAGES = ("pause", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns",
+          "flannel", "flannel-cni-plugin", "metallb-controller", "metallb-speaker", "haproxy", "keepalived")
+_REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9.:_/-]*?)/(?P<name>[a-z0-9._-]+):(?P<tag>[\w][\w.-]{0,127})"
+                  r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
+
+
+@dataclass(frozen=True)
+class Release:
+    kubernetes: str
+    images: dict[str, str]
+    source: str = "bmctl's own"
+
+    def image(self, name: str) -> str:
+        return self.images[name]
+
+    def parts(self, name: str) -> tuple[str, str, str, str | None]:
+        """(repository, name, tag, digest) of an image reference."""
+        m = _REF.match(self.images[name])
+        assert m, self.images[name]  # checked by load()
+        return m["repo"], m["name"], m["tag"], m["digest"]
+
+    @property
+    def image_repository(self) -> str:
+        """kubeadm's imageRepository: where kube-apiserver (and its siblings) live."""
+        return self.parts("kube-apiserver")[0]
+
+    def kubeadm_image(self, name: str) -> tuple[str, str]:
+        """kubeadm's (imageRepository, imageTag) for etcd or CoreDNS: kubeadm appends the image
+        name (`etcd`, `coredns`) to the repository itself."""
+        repo, _, tag, digest = self.parts(name)
+        return repo, tag + (f"@{digest}" if digest else "")
+
+
+def _check(data: object, source: str) -> Release:
+    if not isinstance(data, dict) or not isinstance(data.get("images"), dict):
+        raise BmctlError(f"{source}: not a bmctl release file (no `images` mapping).",
+                         "write `kubernetes: vX.Y.Z` and `images: {NAME: REFERENCE, ...}`.")
+    version = data.get("kubernetes")
+    if not isinstance(version, str) or not re.fullmatch(r"v\d+\.\d+\.\d+", version):
+        raise BmctlError(f"{source}: kubernetes: {version!r} is not a Kubernetes version.",
+                         f"write it as {DEFAULT_VERSION}.")
+    images = {str(k): v for k, v in data["images"].items()}
+    missing = [n for n in IMAGES if n not in images]
+    if missing:
+        raise BmctlError(f"{source}: images: no reference for {', '.join(missing)}.",
+                         "name every image of the release (see bmctl/release/v1.34.2.yaml).")
+    bad = [f"{n}: {r!r}" for n, r in images.items() if not isinstance(r, str) or not _REF.match(r)]
+    if bad:
+        raise BmctlError(f"{source}: images: {'; '.join(bad)} is not an image reference REPOSITORY/NAME:TAG"
+                         "[@sha256:DIGEST].", "write each one as upstream names it, e.g. registry.k8s.io/pause:3.10.1.")
+    for name in ("kube-controller-manager", "kube-scheduler", "kube-proxy"):
+        repo, image, tag, _ = Release(version, images).parts(name)
+        ref_repo, _, ref_tag, _ = Release(version, images).parts("kube-apiserver")
+        if repo != ref_repo or image != name or tag != version or ref_tag != version:
+            raise BmctlError(f"{source}: images: kubeadm runs kube-apiserver, {name} ... as "
+                             f"IMAGE_REPOSITORY/{name}:{version}; {images[name]} does not fit.",
+                             "keep the control-plane images in one repository, under their own names, tagged "
+                             "with the release's Kubernetes version.")
+    return Release(version, images, source)
+
+
+def default() -> Release:
+    text = resources.files("bmctl.release").joinpath(f"{DEFAULT_VERSION}.yaml").read_text()
+    return _check(yaml.safe_load(text), f"bmctl's release {DEFAULT_VERSION}")
+
+
+def load(path: str | Path | None) -> Release:
+    """The release a config names (`releaseFile` in its header), or bmctl's own."""
+    if path is None:
+        return default()
+    path = Path(path).expanduser()
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise BmctlError(f"release file {path}: {exc.strerror}.", "check the header's releaseFile path.") from None
+    except yaml.YAMLError as exc:
+        raise BmctlError(f"release file {path}: not valid YAML ({exc}).", "fix the file.") from None
+    return _check(data, f"release file {path}")
+
+
+def of(config) -> Release:
+    """The release a loaded config uses (its header's releaseFile, relative to the config file)."""
+    name = config.header.releaseFile
+    if name is None:
+        return _cached(None)
+    path = Path(name).expanduser()
+    if not path.is_absolute() and config.path:
+        path = Path(config.path).resolve().parent / path
+    return _cached(str(path))
+
+
+@functools.lru_cache(maxsize=8)
+def _cached(path: str | None) -> Release:
+    return load(path)
