@@ -351,6 +351,9 @@ class Lab:
                 pass
         for pidfile in pods.glob("*.pid"):
             pidfile.unlink(missing_ok=True)
+        if state.get("real_nodes"):  # containers, shims, the units: all in the node's cgroup
+            from bmctl.lab import realnode, systemd
+            systemd.kill_cgroup(realnode.node_cgroup(state["id"], name), timeout=0)
         try:
             os.waitpid(state["pids"][name], 0)  # ours when this process powered the node on
         except ChildProcessError:
@@ -362,6 +365,12 @@ class Lab:
             if time.monotonic() > deadline:
                 raise BmctlError(f"lab node {name} did not come back after its reboot")
             time.sleep(0.1)
+
+    def node_exec(self, name: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
+        """Run a command on a node as its own processes see it (its network, mount and UTS
+        namespaces), e.g. crictl."""
+        pid = self.load()["pids"][name]
+        return sh("nsenter", "-t", str(pid), "-n", "-m", "-u", "--", *argv, check=check)
 
     @staticmethod
     def _listening(netns: str, port: int) -> bool:

@@ -5,12 +5,13 @@ import yaml
 import bmctl.kube as kubeapi
 from bmctl.config.model import LB_NODE_LABEL
 from bmctl.errors import BmctlError
+from bmctl.host import Host
 from bmctl.kube import Kube, wait
 from bmctl.phases.drift import restore, stranded_services, undeclared_drift
 from bmctl.phases.base import CLUSTER, Context, Phase, Step
 from bmctl.render import kube_proxy_config, metallb_manifests
 from bmctl.render.engine import RenderedFile
-from bmctl.render.metallb import NAMESPACE
+from bmctl.render.metallb import NAMESPACE, UPSTREAM_VERSION
 
 WAIT_SECONDS = 300
 
@@ -46,6 +47,90 @@ def _ready_pods(kube: Kube, selector: str) -> list:
         c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))]
 
 
+# What a speaker reports on /metrics once it has loaded MetalLB's configuration (MetalLB v0.15.2,
+# internal/k8s/controllers/stats.go, set by its config reconciler): loaded at least once, not stale.
+# Loaded stays 0 while the API server refuses the speaker anything that reconciler reads (pools,
+# advertisements, peers, secrets, configmaps, nodes, namespaces...), but not when it refuses what
+# another controller watches, e.g. ServiceL2Status at cluster scope (issue 12): each controller-runtime
+# controller waits only for its own informers, and the speaker exits only at the 2-minute cache-sync
+# timeout. Such a refusal is logged by client-go's reflector with the server's "... is forbidden:
+# User ..." message, retried at most 60 s apart, so it shows in any 90 s of the speaker's log.
+SPEAKER_CONFIG_METRICS = {"metallb_k8s_client_config_loaded_bool": "1", "metallb_k8s_client_config_stale_bool": "0"}
+REFUSED = " is forbidden: "
+LOG_WINDOW_SECONDS = 90
+SPEAKER_CHECK_SECONDS = 120
+
+
+def _speaker_metrics_problem(host: Host, pod) -> str | None:
+    """Read the speaker's metrics from its node (hostNetwork: it listens on the node IP, status.hostIP)."""
+    port = next(p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "monitoring")
+    ip = pod.status.host_ip
+    url = f"http://[{ip}]:{port}/metrics" if ":" in ip else f"http://{ip}:{port}/metrics"
+    res = host.run(["curl", "-fsSg", "--max-time", "3", url], step="read the MetalLB speaker's metrics",
+                   sudo=False, check=False)
+    if res.rc != 0:
+        return f"its metrics at {url} do not answer ({res.stderr.strip() or f'curl exit {res.rc}'})"
+    values = {}
+    for line in res.stdout.splitlines():
+        name, _, value = line.partition(" ")
+        if name in SPEAKER_CONFIG_METRICS:
+            values[name] = value.strip()
+    bad = [f"{n} {values.get(n, 'missing')}" for n, want in SPEAKER_CONFIG_METRICS.items() if values.get(n) != want]
+    return f"it has not loaded MetalLB's configuration ({', '.join(bad)})" if bad else None
+
+
+def _speaker_refused(kube: Kube, pod) -> str | None:
+    """The last API refusal in the speaker's recent log, if any."""
+    log = kube.core().read_namespaced_pod_log(pod.metadata.name, NAMESPACE, container="speaker",
+                                              since_seconds=LOG_WINDOW_SECONDS)
+    refused = [line for line in log.splitlines() if REFUSED in line]
+    return f"the API server refuses it access: {refused[-1][-400:]}" if refused else None
+
+
+def wait_speakers_working(ctx: Context, kube: Kube, names: list[str]) -> None:
+    """Ready is not enough (/metrics answers whatever the speaker does): each speaker must have
+    loaded its configuration, and the API server must refuse it nothing."""
+    address = {name: n.address for ip, name in node_names_by_ip(kube).items()
+               for n in ctx.config.lb_nodes if n.ip == ip}
+    problems: dict[str, str] = {}
+    unread: set[str] = set()
+
+    def problem(pod, metrics: str | None) -> str | None:
+        if metrics:
+            return metrics
+        try:
+            return _speaker_refused(kube, pod)
+        except kubeapi.ApiException as exc:  # no log from the kubelet (the lab's stand-in has none)
+            if pod.spec.node_name not in unread:
+                unread.add(pod.spec.node_name)
+                ctx.progress.note(f"{pod.spec.node_name}: speaker log unreadable ({exc.status} {exc.reason}); "
+                                  "checked its metrics only")
+            return None
+
+    def working() -> bool:
+        ready = {p.spec.node_name: p for p in _ready_pods(kube, "app=metallb,component=speaker")}
+        pods = {address[n]: ready[n] for n in names if n in ready}
+        metrics = ctx.inventory.parallel(list(pods), lambda host: _speaker_metrics_problem(host, pods[host.address]))
+        problems.clear()
+        problems.update({n: "its speaker pod is not Ready" for n in names if n not in ready})
+        for addr, pod in pods.items():
+            why = problem(pod, metrics[addr])
+            if why:
+                problems[pod.spec.node_name] = f"{why} (pod {pod.metadata.name})"
+        return not problems
+
+    try:
+        wait("MetalLB speakers to load their configuration", working, SPEAKER_CHECK_SECONDS, 2)
+    except BmctlError as exc:
+        detail = "; ".join(f"{n} ({address.get(n, '?')}): {p}" for n, p in sorted(problems.items()))
+        raise BmctlError(f"MetalLB speaker(s) not working after {SPEAKER_CHECK_SECONDS} s: {detail or exc.message}",
+                         f"read that speaker's log (kubectl -n {NAMESPACE} logs POD): 'forbidden' means its RBAC "
+                         f"does not match the speaker's MetalLB version (bmctl applies upstream's {UPSTREAM_VERSION} "
+                         "RBAC: check the speaker image and that nothing edited ClusterRole metallb-system:speaker); "
+                         "'failed to parse the configuration' names the MetalLB object at fault. Then re-run the "
+                         "same command.") from None
+
+
 def refuse_stranding(kube: Kube, config) -> None:
     """Never apply pools that would take an assigned IP away from a Service."""
     try:
@@ -66,7 +151,7 @@ class DataPlaneLB(Phase):
     title = "Data-plane load balancer (MetalLB, layer 2)"
 
     def applies(self, ctx: Context) -> bool:
-        return ctx.config.bundled
+        return ctx.config.runs_metallb
 
     def plan(self, ctx: Context) -> list[Step]:
         config = ctx.config
@@ -78,7 +163,8 @@ class DataPlaneLB(Phase):
                           [proxy]))
         for manifest in metallb_manifests(config, ctx.secrets):
             steps.append(Step(CLUSTER, f"server-side apply {manifest.path}", [manifest]))
-        steps.append(Step(CLUSTER, "wait for the controller Deployment and speakers on every LB node"))
+        steps.append(Step(CLUSTER, "wait for the controller Deployment and speakers on every LB node, each speaker "
+                                   "with its configuration loaded (its /metrics, read on the node) and no API refusal"))
         return steps
 
     def run(self, ctx: Context) -> None:
@@ -111,4 +197,5 @@ class DataPlaneLB(Phase):
         wait(f"MetalLB speakers ready on exactly the {len(want)} load-balancer node(s) {', '.join(sorted(want))}",
              lambda: {p.spec.node_name for p in _ready_pods(kube, "app=metallb,component=speaker")} == want,
              WAIT_SECONDS, 2)
-        ctx.progress.note(f"MetalLB controller ready; {len(want)} speaker(s) ready")
+        wait_speakers_working(ctx, kube, sorted(want))
+        ctx.progress.note(f"MetalLB controller ready; {len(want)} speaker(s) ready, configuration loaded")

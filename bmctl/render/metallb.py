@@ -1,18 +1,200 @@
-"""MetalLB objects for the cluster (namespace, CRDs, RBAC, secret, workloads, pools)."""
+"""MetalLB objects for the cluster: upstream's own manifest of the deployed version, changed only
+where DEVIATIONS says (each with its reason), plus the memberlist secret and the address pools.
+
+`templates/metallb/metallb-native-<version>.yaml` is MetalLB's `config/manifests/metallb-native.yaml`
+of UPSTREAM_VERSION, verbatim (a copy is kept in tests/data/upstream/); tests/test_metallb_upstream.py
+diffs what bmctl renders against it object by object, field by field, and fails on any difference
+DEVIATIONS does not list and on a deviation that no longer changes anything. To move to another
+MetalLB release: put its file there, set UPSTREAM_VERSION (and the images), run that test.
+"""
 from __future__ import annotations
 
+import copy
+import functools
+from dataclasses import dataclass
+
 import netaddr
+import yaml
 
 from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.rules import INGRESS_POOL
-from bmctl.config.model import LB_NODE_LABEL, MEMBERLIST_PORT, ClusterConfig
+from bmctl.config.model import LB_NODE_LABEL, ClusterConfig
 from bmctl.render import images
-from bmctl.render.engine import RenderedFile, render
+from bmctl.render.engine import RenderedFile, render, template_dir
 from bmctl.secrets import ClusterSecrets
 
+UPSTREAM_VERSION = "v0.15.2"
+UPSTREAM = f"metallb/metallb-native-{UPSTREAM_VERSION}.yaml"   # under templates/
 NAMESPACE = "metallb-system"
-METRICS_PORT = 7472
 L2_ADVERTISEMENT = "bmctl-lb-nodes"
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
+    """Multi-line strings (a ConfigMap's file) as literal blocks, as upstream writes them."""
+
+    def represent_str(self, text: str):
+        return self.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
+
+
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One way bmctl's MetalLB objects differ from upstream's manifest, and why.
+
+    `kind`/`name` pick upstream objects ("*" / None: all). `change`: "drop" (not deployed), "add" (an
+    object upstream has not), "set" (the value at `path`), "append" (`value` added to the list at
+    `path`), "remove" (the list item at `path`). A path is a tuple of keys; "[x]" is the list item
+    whose name is x. `value` may be a function, called at render time (images)."""
+
+    kind: str
+    name: str | None
+    change: str
+    reason: str
+    path: tuple[str, ...] = ()
+    value: object = None
+
+    def matches(self, obj: dict) -> bool:
+        return self.kind in ("*", obj["kind"]) and self.name in (None, obj["metadata"]["name"])
+
+    def item(self) -> object:
+        return self.value() if callable(self.value) else self.value
+
+    def text(self) -> str:
+        where = f"{self.kind}/{self.name or '*'}" + (f" {'.'.join(self.path)}" if self.path else "")
+        return f"{self.change} {where}" + (f" {self.item()!r}" if self.change in ("set", "append") else "")
+
+
+_CONTROLLER = ("spec", "template", "spec", "containers", "[controller]")
+_SPEAKER = ("spec", "template", "spec", "containers", "[speaker]")
+_NO_WEBHOOKS = ("webhooks are off (controller --webhook-mode=disabled): bmctl validates the pools itself "
+                "before they reach the cluster, so nothing serves or needs this")
+_IMAGE_LIST = "images come from bmctl's image list (bmctl/render/images.py), so a release or the lab pins its own"
+_SA_NAMESPACE = ("the lab's kubelet stand-in mounts no ServiceAccount files, where the binary otherwise reads its "
+                 "namespace; same value; drop it when the stand-in goes (issue 12)")
+
+DEVIATIONS: tuple[Deviation, ...] = (
+    Deviation("ValidatingWebhookConfiguration", "metallb-webhook-configuration", "drop", _NO_WEBHOOKS),
+    Deviation("Service", "metallb-webhook-service", "drop", _NO_WEBHOOKS),
+    Deviation("Secret", "metallb-webhook-cert", "drop", _NO_WEBHOOKS),
+    Deviation("Deployment", "controller", "append",
+              "bmctl validates the pools itself before applying them, so the controller runs no admission "
+              "webhook (no webhook Service, certificate or ValidatingWebhookConfiguration to keep)",
+              (*_CONTROLLER, "args"), "--webhook-mode=disabled"),
+    Deviation("Deployment", "controller", "remove", _NO_WEBHOOKS, (*_CONTROLLER, "ports", "[webhook-server]")),
+    Deviation("Deployment", "controller", "remove", _NO_WEBHOOKS, (*_CONTROLLER, "volumeMounts", "[cert]")),
+    Deviation("Deployment", "controller", "remove", _NO_WEBHOOKS, ("spec", "template", "spec", "volumes", "[cert]")),
+    Deviation("Deployment", "controller", "set", _IMAGE_LIST, (*_CONTROLLER, "image"),
+              lambda: images.METALLB_CONTROLLER),
+    Deviation("DaemonSet", "speaker", "set", _IMAGE_LIST, (*_SPEAKER, "image"), lambda: images.METALLB_SPEAKER),
+    Deviation("DaemonSet", "speaker", "set",
+              "speakers run on the load-balancer nodes only (bmctl labels them, and only them)",
+              ("spec", "template", "spec", "nodeSelector", LB_NODE_LABEL), "true"),
+    Deviation("DaemonSet", "speaker", "append",
+              "kubeadm labels control-plane nodes node.kubernetes.io/exclude-from-external-load-balancers; where "
+              "they are the LB nodes, speakers would otherwise announce nothing (placement is the lbnode label)",
+              (*_SPEAKER, "args"), "--ignore-exclude-lb"),
+    Deviation("Deployment", "controller", "append", _SA_NAMESPACE, (*_CONTROLLER, "env"),
+              {"name": "METALLB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+    Deviation("DaemonSet", "speaker", "append", _SA_NAMESPACE, (*_SPEAKER, "env"),
+              {"name": "METALLB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
+    Deviation("*", None, "set", "marks what bmctl manages", ("metadata", "labels", "app.kubernetes.io/managed-by"),
+              "bmctl"),
+    Deviation("Secret", "memberlist", "add",
+              "bmctl generates the memberlist key (kept in the workspace) so speakers can start before the "
+              "controller, which would otherwise create it"),
+    Deviation("IPAddressPool", None, "add", "the config's address pools (and the ingress VIP's pool)"),
+    Deviation("L2Advertisement", None, "add", "announce the pools from the load-balancer nodes only"),
+)
+
+# Kept as upstream ships it, on purpose (not deviations).
+KEPT = (
+    "bgppeers.metallb.io keeps its conversion webhook (v1beta1 <-> v1beta2), which nothing serves with webhooks "
+    "off: v1beta2 is the storage version and the only one MetalLB and bmctl read or write, so no conversion is "
+    "asked for; a BGPPeer read or written as v1beta1 fails loudly instead of being relabelled unconverted "
+    "(strategy None)",
+    "RBAC exactly as upstream's, including rules unused here (the controller's for webhook certificates and CRD "
+    "caBundles, with webhooks off; both ServiceAccounts' PodSecurityPolicy 'use', an API gone since Kubernetes 1.25)",
+)
+
+# The dry-run/apply file of each kind of upstream object, in apply order: CRDs (waited for until
+# Established) before anything that may use them.
+FILES = {
+    "Namespace": "00-metallb-namespace.yaml",
+    "CustomResourceDefinition": "01-metallb-crds.yaml",
+    **dict.fromkeys(("ServiceAccount", "Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"),
+                    "02-metallb-rbac.yaml"),
+    "Deployment": "04-metallb-controller.yaml",
+    **dict.fromkeys(("ConfigMap", "DaemonSet"), "05-metallb-speaker.yaml"),
+}
+MEMBERLIST_FILE = "03-metallb-memberlist.yaml"
+POOLS_FILE = "06-metallb-pools.yaml"
+
+
+@functools.lru_cache(maxsize=1)
+def _upstream() -> tuple[dict, ...]:
+    return tuple(d for d in yaml.load_all((template_dir() / UPSTREAM).read_text(), Loader=_LOADER) if d)
+
+
+def _child(node: dict | list, key: str, create: bool = False):
+    if isinstance(node, list):
+        found = [i for i in node if isinstance(i, dict) and f"[{i.get('name')}]" == key]
+        if len(found) != 1:
+            raise KeyError(key)
+        return found[0]
+    if create:
+        node.setdefault(key, {})
+    return node[key]
+
+
+def _change(obj: dict, dev: Deviation) -> None:
+    *parents, last = dev.path
+    owner, node = None, obj
+    for key in parents:
+        owner, node = node, _child(node, key, create=dev.change == "set")
+    if dev.change == "set":
+        node[last] = dev.item()
+    elif dev.change == "remove":
+        node.remove(_child(node, last))
+        if not node:  # as the API server would show it: an empty list is no list
+            del owner[parents[-1]]
+    elif dev.change == "append":
+        items, item = _child(node, last), dev.item()
+        names = {i.get("name") for i in items if isinstance(i, dict)}
+        if item in items or (isinstance(item, dict) and item["name"] in names):
+            raise ValueError("upstream has it already")
+        items.append(item)
+
+
+def with_deviations(upstream: list[dict], deviations: tuple[Deviation, ...] = DEVIATIONS) -> list[dict]:
+    """Upstream's objects changed as `deviations` say. A deviation that does not fit upstream's
+    objects (its object or path is gone, or upstream has the item already) is an error."""
+    objs = copy.deepcopy(upstream)
+    for dev in deviations:
+        if dev.change == "add":
+            continue
+        hits = [o for o in objs if dev.matches(o)]
+        if not hits:
+            raise RuntimeError(f"MetalLB deviation '{dev.text()}' does not apply: upstream has no such object")
+        if dev.change == "drop":
+            objs = [o for o in objs if not dev.matches(o)]
+            continue
+        for obj in hits:
+            try:
+                _change(obj, dev)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise RuntimeError(f"MetalLB deviation '{dev.text()}' does not apply to upstream's "
+                                   f"{obj['kind']}/{obj['metadata']['name']}: {exc}") from None
+    return objs
+
+
+def _dump(objs: list[dict]) -> str:
+    head = (f"# MetalLB {UPSTREAM_VERSION} as upstream ships it (config/manifests/metallb-native.yaml), changed "
+            "only as bmctl/render/metallb.py DEVIATIONS says.\n")
+    return head + yaml.dump_all(objs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
 
 
 def _entry_text(rng: netaddr.IPRange) -> str:
@@ -50,23 +232,23 @@ def kube_proxy_config(config: ClusterConfig) -> str:
     return render("kubeadm/kube-proxy.yaml.j2", mode=config.spec.clusterNetwork.kubeProxyMode)
 
 
+def metallb_objects() -> list[dict]:
+    """Upstream's objects as bmctl deploys them (without the memberlist secret and the pools)."""
+    return with_deviations(list(_upstream()))
+
+
 def metallb_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[RenderedFile]:
     """Cluster-wide manifests, named in apply order."""
-    common = {"namespace": NAMESPACE}
-    images_ = {"controller": images.METALLB_CONTROLLER, "speaker": images.METALLB_SPEAKER}
-    return [
-        RenderedFile("00-metallb-namespace.yaml", render("metallb/namespace.yaml.j2", **common)),
-        RenderedFile("01-metallb-crds.yaml", render("metallb/crds.yaml.j2")),
-        RenderedFile("02-metallb-rbac.yaml", render("metallb/rbac.yaml.j2", **common)),
-        RenderedFile("03-metallb-memberlist.yaml",
-                     render("metallb/memberlist-secret.yaml.j2", memberlist_key=secrets.memberlist_key,
-                            **common), mode=0o600, secret=True),
-        RenderedFile("04-metallb-controller.yaml",
-                     render("metallb/controller.yaml.j2", images=images_, metrics_port=METRICS_PORT, **common)),
-        RenderedFile("05-metallb-speaker.yaml",
-                     render("metallb/speaker.yaml.j2", images=images_, metrics_port=METRICS_PORT,
-                            memberlist_port=MEMBERLIST_PORT, lb_label=LB_NODE_LABEL, **common)),
-        RenderedFile("06-metallb-pools.yaml",
-                     render("metallb/pools.yaml.j2", pools=address_pools(config), l2_name=L2_ADVERTISEMENT,
-                            lb_label=LB_NODE_LABEL, **common)),
-    ]
+    by_file: dict[str, list[dict]] = {}
+    for obj in metallb_objects():
+        if obj["kind"] not in FILES:
+            raise RuntimeError(f"upstream's MetalLB manifest has a {obj['kind']} ({obj['metadata']['name']}) that "
+                               "bmctl does not know where to apply: add its kind to FILES or drop it in DEVIATIONS")
+        by_file.setdefault(FILES[obj["kind"]], []).append(obj)
+    files = [RenderedFile(name, _dump(objs)) for name, objs in by_file.items()]
+    files.append(RenderedFile(MEMBERLIST_FILE, render("metallb/memberlist-secret.yaml.j2", namespace=NAMESPACE,
+                                                      memberlist_key=secrets.memberlist_key), mode=0o600, secret=True))
+    files.append(RenderedFile(POOLS_FILE, render("metallb/pools.yaml.j2", pools=address_pools(config),
+                                                 l2_name=L2_ADVERTISEMENT, lb_label=LB_NODE_LABEL,
+                                                 namespace=NAMESPACE)))
+    return sorted(files, key=lambda f: f.path)
