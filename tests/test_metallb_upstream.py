@@ -25,7 +25,8 @@ from bmctl.config.model import LB_NODE_LABEL, MEMBERLIST_PORT
 from bmctl.errors import BmctlError
 from bmctl.host import Result
 from bmctl.phases import dataplane_lb
-from bmctl.render import images, metallb_manifests
+from bmctl import release as releases
+from bmctl.render import metallb_manifests
 from bmctl.render.engine import template_dir
 from bmctl.render.metallb import (DEVIATIONS, FILES, KEPT, NAMESPACE, UPSTREAM, UPSTREAM_VERSION, Deviation,
                                   with_deviations)
@@ -40,9 +41,9 @@ def upstream_text() -> str:
     return upstream_file("go.universe.tf/metallb", UPSTREAM_VERSION, "config/manifests/metallb-native.yaml",
                          UPSTREAM_SHA256).read_text()
 MISSING = object()
-# Digest-pinned references, as a release pins them (today's constants equal upstream's tags).
-PINNED = {"METALLB_CONTROLLER": "registry.example/metallb/controller@sha256:" + "1" * 64,
-          "METALLB_SPEAKER": "registry.example/metallb/speaker@sha256:" + "2" * 64}
+# Digest-pinned references, as a release pins them (bmctl's own release names upstream's tags).
+PINNED = {"metallb-controller": "registry.example/metallb/controller:v1@sha256:" + "1" * 64,
+          "metallb-speaker": "registry.example/metallb/speaker:v1@sha256:" + "2" * 64}
 
 
 def load(text: str) -> list[dict]:
@@ -55,8 +56,11 @@ def upstream() -> list[dict]:
 
 @pytest.fixture
 def pinned_images(monkeypatch):
-    for name, ref in PINNED.items():
-        monkeypatch.setattr(images, name, ref)
+    """Every render and every deviation's value use a release that pins its own MetalLB images."""
+    base = releases.default()
+    pinned = releases.Release(base.kubernetes, {**base.images, **PINNED}, "a pinned")
+    monkeypatch.setattr(releases, "of", lambda config: pinned)
+    monkeypatch.setattr(releases, "default", lambda: pinned)
 
 
 def rendered() -> list[dict]:
@@ -179,7 +183,7 @@ def test_rendered_objects_equal_upstream_but_for_the_deviations(pinned_images):
 def test_the_facts_bmctl_relies_on_are_upstream_s():
     objs = {key(o): o for o in upstream()}
     assert objs[("Namespace", NAMESPACE)]
-    assert images.METALLB_VERSION == UPSTREAM_VERSION
+    assert releases.default().image("metallb-controller").endswith(f":{UPSTREAM_VERSION}")
     assert objs[("Deployment", "controller")]["spec"]["template"]["spec"]["containers"][0]["image"].endswith(
         f":{UPSTREAM_VERSION}")
     speaker = objs[("DaemonSet", "speaker")]["spec"]["template"]["spec"]["containers"][0]

@@ -27,7 +27,8 @@ from bmctl.errors import BmctlError
 from bmctl.phases import Context, create_cluster_phases
 from bmctl.phases.network import NODE_CLEANUP, PodNetwork
 from bmctl.progress import Progress
-from bmctl.render import NodeFacts, images
+from bmctl import release as releases
+from bmctl.render import NodeFacts
 from bmctl.render.network import (ABSENT, DEVIATIONS, PUBLIC_IP_ANNOTATION, UPSTREAM_VERSION, Deviation,
                                   FlannelImages, flannel_objects, network_manifests, path_text)
 from bmctl.secrets import ClusterSecrets
@@ -150,7 +151,7 @@ def test_default_images_are_upstreams():
     ds = next(o for o in flannel_objects(make_config()) if o["kind"] == "DaemonSet")
     got = leaves(ds)
     assert by_path and all(got[path].split("@")[0] == ref for path, ref in by_path.items())
-    assert images.FLANNEL.split("@")[0].endswith(f":{UPSTREAM_VERSION}")
+    assert releases.default().image("flannel").split("@")[0].endswith(f":{UPSTREAM_VERSION}")
 
 
 def test_an_unlisted_difference_fails():

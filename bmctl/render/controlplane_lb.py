@@ -6,7 +6,7 @@ import hashlib
 from netaddr import IPAddress
 
 from bmctl.config.model import APISERVER_PORT, ClusterConfig, Node
-from bmctl.render import images
+from bmctl import release as releases
 from bmctl.render.engine import RenderedFile, render
 from bmctl.render.facts import NodeFacts
 
@@ -114,10 +114,10 @@ def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[R
     keepalived_run = _reloader("keepalived", [kconf_path, CHECK_SCRIPT],
                                f"keepalived --dont-fork --log-console --vrrp --use-file={kconf_path}", "HUP", "",
                                "SIGHUP: the VRRP instance keeps its state, a master stays master")
-    haproxy_pod = render("haproxy/haproxy.yaml.j2", cluster=config.name, image=images.HAPROXY,
+    haproxy_pod = render("haproxy/haproxy.yaml.j2", cluster=config.name, image=releases.of(config).image("haproxy"),
                          health_port=HAPROXY_HEALTH_PORT, container_config_dir=HAPROXY_CONTAINER_DIR,
                          host_config_dir=HAPROXY_DIR, wrapper=haproxy_run, status_dir=STATUS_DIR)
-    keepalived_pod = render("keepalived/keepalived.yaml.j2", cluster=config.name, image=images.KEEPALIVED,
+    keepalived_pod = render("keepalived/keepalived.yaml.j2", cluster=config.name, image=releases.of(config).image("keepalived"),
                             container_config_dir=KEEPALIVED_DIR, host_config_dir=KEEPALIVED_DIR,
                             wrapper=keepalived_run, status_dir=STATUS_DIR)
     contents = [(cfg, 0o644), (script, 0o755), (kconf, 0o644), (haproxy_pod, 0o600), (keepalived_pod, 0o600)]

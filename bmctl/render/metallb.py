@@ -19,7 +19,8 @@ import yaml
 from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.rules import INGRESS_POOL
 from bmctl.config.model import LB_NODE_LABEL, ClusterConfig
-from bmctl.render import images
+from bmctl import release as releases
+from bmctl.release import Release
 from bmctl.render.engine import RenderedFile, render, template_dir
 from bmctl.secrets import ClusterSecrets
 
@@ -60,8 +61,9 @@ class Deviation:
     def matches(self, obj: dict) -> bool:
         return self.kind in ("*", obj["kind"]) and self.name in (None, obj["metadata"]["name"])
 
-    def item(self) -> object:
-        return self.value() if callable(self.value) else self.value
+    def item(self, release: Release | None = None) -> object:
+        """The value; an image comes from `release` (bmctl's own when None)."""
+        return self.value(release or releases.default()) if callable(self.value) else self.value
 
     def text(self) -> str:
         where = f"{self.kind}/{self.name or '*'}" + (f" {'.'.join(self.path)}" if self.path else "")
@@ -72,7 +74,7 @@ _CONTROLLER = ("spec", "template", "spec", "containers", "[controller]")
 _SPEAKER = ("spec", "template", "spec", "containers", "[speaker]")
 _NO_WEBHOOKS = ("webhooks are off (controller --webhook-mode=disabled): bmctl validates the pools itself "
                 "before they reach the cluster, so nothing serves or needs this")
-_IMAGE_LIST = "images come from bmctl's image list (bmctl/render/images.py), so a release or the lab pins its own"
+_IMAGE_LIST = "images come from the cluster's release (bmctl/release), so a release or the lab pins its own"
 _SA_NAMESPACE = ("the lab's kubelet stand-in mounts no ServiceAccount files, where the binary otherwise reads its "
                  "namespace; same value; drop it when the stand-in goes (issue 12)")
 
@@ -88,8 +90,9 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("Deployment", "controller", "remove", _NO_WEBHOOKS, (*_CONTROLLER, "volumeMounts", "[cert]")),
     Deviation("Deployment", "controller", "remove", _NO_WEBHOOKS, ("spec", "template", "spec", "volumes", "[cert]")),
     Deviation("Deployment", "controller", "set", _IMAGE_LIST, (*_CONTROLLER, "image"),
-              lambda: images.METALLB_CONTROLLER),
-    Deviation("DaemonSet", "speaker", "set", _IMAGE_LIST, (*_SPEAKER, "image"), lambda: images.METALLB_SPEAKER),
+              lambda r: r.image("metallb-controller")),
+    Deviation("DaemonSet", "speaker", "set", _IMAGE_LIST, (*_SPEAKER, "image"),
+              lambda r: r.image("metallb-speaker")),
     Deviation("DaemonSet", "speaker", "set",
               "speakers run on the load-balancer nodes only (bmctl labels them, and only them)",
               ("spec", "template", "spec", "nodeSelector", LB_NODE_LABEL), "true"),
@@ -150,26 +153,27 @@ def _child(node: dict | list, key: str, create: bool = False):
     return node[key]
 
 
-def _change(obj: dict, dev: Deviation) -> None:
+def _change(obj: dict, dev: Deviation, release: Release | None) -> None:
     *parents, last = dev.path
     owner, node = None, obj
     for key in parents:
         owner, node = node, _child(node, key, create=dev.change == "set")
     if dev.change == "set":
-        node[last] = dev.item()
+        node[last] = dev.item(release)
     elif dev.change == "remove":
         node.remove(_child(node, last))
         if not node:  # as the API server would show it: an empty list is no list
             del owner[parents[-1]]
     elif dev.change == "append":
-        items, item = _child(node, last), dev.item()
+        items, item = _child(node, last), dev.item(release)
         names = {i.get("name") for i in items if isinstance(i, dict)}
         if item in items or (isinstance(item, dict) and item["name"] in names):
             raise ValueError("upstream has it already")
         items.append(item)
 
 
-def with_deviations(upstream: list[dict], deviations: tuple[Deviation, ...] = DEVIATIONS) -> list[dict]:
+def with_deviations(upstream: list[dict], deviations: tuple[Deviation, ...] = DEVIATIONS,
+                    release: Release | None = None) -> list[dict]:
     """Upstream's objects changed as `deviations` say. A deviation that does not fit upstream's
     objects (its object or path is gone, or upstream has the item already) is an error."""
     objs = copy.deepcopy(upstream)
@@ -184,7 +188,7 @@ def with_deviations(upstream: list[dict], deviations: tuple[Deviation, ...] = DE
             continue
         for obj in hits:
             try:
-                _change(obj, dev)
+                _change(obj, dev, release)
             except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise RuntimeError(f"MetalLB deviation '{dev.text()}' does not apply to upstream's "
                                    f"{obj['kind']}/{obj['metadata']['name']}: {exc}") from None
@@ -232,15 +236,15 @@ def kube_proxy_config(config: ClusterConfig) -> str:
     return render("kubeadm/kube-proxy.yaml.j2", mode=config.spec.clusterNetwork.kubeProxyMode)
 
 
-def metallb_objects() -> list[dict]:
+def metallb_objects(release: Release | None = None) -> list[dict]:
     """Upstream's objects as bmctl deploys them (without the memberlist secret and the pools)."""
-    return with_deviations(list(_upstream()))
+    return with_deviations(list(_upstream()), release=release)
 
 
 def metallb_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[RenderedFile]:
     """Cluster-wide manifests, named in apply order."""
     by_file: dict[str, list[dict]] = {}
-    for obj in metallb_objects():
+    for obj in metallb_objects(releases.of(config)):
         if obj["kind"] not in FILES:
             raise RuntimeError(f"upstream's MetalLB manifest has a {obj['kind']} ({obj['metadata']['name']}) that "
                                "bmctl does not know where to apply: add its kind to FILES or drop it in DEVIATIONS")

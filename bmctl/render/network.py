@@ -16,7 +16,7 @@ import yaml
 
 from bmctl.config.model import ClusterConfig
 from bmctl.errors import BmctlError
-from bmctl.render import images
+from bmctl import release as releases
 from bmctl.render.engine import RenderedFile, render
 
 UPSTREAM_VERSION = "v0.27.4"     # the flannel release whose kube-flannel.yml the template follows
@@ -46,8 +46,13 @@ def cni(config: ClusterConfig) -> str:
 
 @dataclass(frozen=True)
 class FlannelImages:
-    flannel: str = images.FLANNEL
-    cni_plugin: str = images.FLANNEL_CNI_PLUGIN
+    flannel: str
+    cni_plugin: str
+
+    @classmethod
+    def of(cls, config: ClusterConfig) -> "FlannelImages":
+        release = releases.of(config)
+        return cls(release.image("flannel"), release.image("flannel-cni-plugin"))
 
 
 class _Absent:
@@ -72,7 +77,7 @@ class Deviation:
 
 _NET_CONF = ("data", "net-conf.json")
 _POD_SPEC = ("spec", "template", "spec")
-_IMAGE_LIST = "bmctl's image list (render/images.py, to become the release's), so a release or the lab can pin " \
+_IMAGE_LIST = "the cluster's release (bmctl/release), so a release or the lab can pin " \
               "(tag + digest) or rebuild it"
 
 DEVIATIONS: tuple[Deviation, ...] = (
@@ -120,16 +125,17 @@ def pod_network(config: ClusterConfig) -> str:
     return str(net)
 
 
-def flannel_manifest(config: ClusterConfig, image_refs: FlannelImages = FlannelImages()) -> RenderedFile:
+def flannel_manifest(config: ClusterConfig, image_refs: FlannelImages | None = None) -> RenderedFile:
     return RenderedFile(MANIFEST, render("network/flannel.yaml.j2", cluster=config.name, version=UPSTREAM_VERSION,
-                                         backend=BACKEND, network=pod_network(config), images=image_refs))
+                                         backend=BACKEND, network=pod_network(config),
+                                         images=image_refs or FlannelImages.of(config)))
 
 
-def flannel_objects(config: ClusterConfig, image_refs: FlannelImages = FlannelImages()) -> list[dict]:
+def flannel_objects(config: ClusterConfig, image_refs: FlannelImages | None = None) -> list[dict]:
     """The flannel objects, in upstream's (apply) order."""
     return [d for d in yaml.safe_load_all(flannel_manifest(config, image_refs).content) if d]
 
 
-def network_manifests(config: ClusterConfig, image_refs: FlannelImages = FlannelImages()) -> list[RenderedFile]:
+def network_manifests(config: ClusterConfig, image_refs: FlannelImages | None = None) -> list[RenderedFile]:
     """What the pod-network phase applies: flannel's manifest, or nothing with cni: none."""
     return [] if cni(config) == "none" else [flannel_manifest(config, image_refs)]
