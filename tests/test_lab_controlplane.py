@@ -419,8 +419,8 @@ def test_a_rebooted_node_comes_back_with_its_vip_machinery(lab, created):
     pids = (lab.pod_pid(old, "keepalived"), lab.pod_pid(old, "haproxy"))
     lab.reboot(old)
     lab.wait_request(timeout=15)
-    wait_for(lambda: all((lab.lab.state_dir / old["name"] / "pods" / f"{p}_{p}.pid").exists()
-                         for p in ("keepalived", "haproxy")), 30, "the static pods to start again")
+    wait_for(lambda: all(lab.running(old, p) for p in ("keepalived", "haproxy")), 60,
+             "the static pods to start again")
     assert (lab.pod_pid(old, "keepalived"), lab.pod_pid(old, "haproxy")) != pids
     holders_settle(lab, timeout=20)
     others = [n for n in lab.control_planes() if n is not old]

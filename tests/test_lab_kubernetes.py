@@ -1,9 +1,9 @@
-"""A whole cluster on the lab: real etcd, kube-apiserver, kube-proxy and MetalLB (built from their Go
-modules) behind bmctl's VIP; a LoadBalancer Service reachable from the client namespace.
+"""A whole cluster on the lab's real nodes: containerd, runc, the kubelet and kubeadm on every node,
+every image (etcd, the control plane, kube-proxy, CoreDNS, flannel, MetalLB, HAProxy, Keepalived, a
+web server) built here and pulled from the lab's registry; bmctl creates it from nothing, and a
+LoadBalancer Service in front of a Deployment answers from the client namespace.
 
-Lab stand-ins (documented in bmctl/lab/): kubeadm, and the kubelet's part (running pods as
-processes, Node and Pod objects, EndpointSlices). The test's own backend "pod" is a process the test
-starts on the worker, with a Pod object whose status the test sets, as a kubelet would.
+The one lab stand-in is the nodes' unit supervisor (bmctl/lab/systemd.py), doing systemd's job.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import yaml
 
 from lab.harness import NET, Kube, announcer, http_get, metallb_objects, running_lab, start_web_service, wait_for
 
-PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
+PARTS = ("kubelet", "kubeadm", "crictl", "crane")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,8 @@ def cluster(lab):
 
 def test_create_cluster_from_nothing(lab, cluster):
     proc, kube = cluster
-    for phase in ("Preflight", "Control-plane load balancer", "Kubernetes (kubeadm)", "MetalLB", "Verification"):
+    for phase in ("Preflight", "Control-plane load balancer", "Kubernetes (kubeadm)", "Pod network", "MetalLB",
+                  "Verification"):
         assert phase in proc.stdout
     nodes = kube("list_node").items
     ips = {a.address for n in nodes for a in n.status.addresses if a.type == "InternalIP"}
@@ -177,8 +178,8 @@ def test_a_rebooted_lb_node_serves_the_vip_and_service_ips_again(lab, service):
     lab.reboot(node)
     lab.wait_request(timeout=15, path="/readyz")
     assert lab.vip_holders(NET.ip(10), lab.lb_nodes()) == [other["address"]]
-    wait_for(lambda: all((lab.lab.state_dir / node["name"] / "pods" / f"{p}_{p}.pid").exists()
-                         for p in ("keepalived", "haproxy")), 30, "the static pods to start again")
+    wait_for(lambda: all(lab.running(node, p) for p in ("keepalived", "haproxy")), 60,
+             "the static pods to start again")
     lab.set_link(other, up=False)
     try:
         wait_for(lambda: lab.vip_holders(NET.ip(10), [node]) == [node["address"]], 30,
@@ -209,18 +210,21 @@ def test_reset_leaves_nothing(lab, cluster):
         assert not manifests.exists() or not [p for p in manifests.iterdir() if not p.name.startswith(".")]
         for path in ("/etc/kubernetes/admin.conf", "/etc/kubernetes/kubelet.conf", "/etc/kubernetes/bmctl/kubeadm.yaml"):
             assert not lab.node_file(node, path).exists(), path
-        # the kubelet stand-in stopped every pod it ran for the cluster (static pods, speakers, kube-proxy)
-        wait_for(lambda: not list((lab.lab.state_dir / node["name"] / "pods").glob("*.pid")), 30,
-                 f"no pod left on {node['name']}")
+        # no container left: static pods, speakers, kube-proxy, flannel
+        wait_for(lambda: not lab.crictl(node, "ps", "-q").split(), 30, f"no container left on {node['name']}")
+        for path in ("/etc/systemd/system/kubelet.service.d/20-bmctl-lb-bootstrap.conf",
+                     "/etc/kubernetes/bmctl/kubelet-lb-bootstrap.yaml"):
+            assert not lab.node_file(node, path).exists(), path
     assert lab.vip_holders(NET.ip(10)) == []
     assert not (lab.workspace / "lab" / "lab-kubeconfig").exists()
     for node in lab.nodes:
         assert not lab.node_file(node, "/var/lib/bmctl/kubeadm/done").exists()
 
 
-# The phase each kill aims at (1 preflight .. 6 verify): kubeadm and MetalLB the most, as the first
-# phases are killed 20 times in test_lab_controlplane.py.
-KILL_PHASES = [1, 2, 3, 4, 4, 4, 4, 5, 5, 5, 5, 6]
+# The phase each kill aims at (1 preflight, 2 provision, 3 control-plane LB, 4 kubeadm, 5 pod network,
+# 6 MetalLB, 7 verify): kubeadm and MetalLB the most, as the first phases are killed 20 times in
+# test_lab_controlplane.py.
+KILL_PHASES = [3, 4, 4, 5, 6, 6]
 
 
 def phase_seconds(stdout: str) -> dict[int, float]:
@@ -251,9 +255,9 @@ class Watched:
 
 @pytest.mark.timeout(2400)
 def test_create_killed_at_random_points_converges(lab, cluster):
-    """After the reset above, `create cluster` SIGKILLed 12 times at random moments, each within a
-    chosen phase (kubeadm init and joins and MetalLB four times each; the first phases are killed
-    20 times in test_lab_controlplane.py), each time run again; the final run leaves what the
+    """After the reset above, `create cluster` SIGKILLed 6 times at random moments, each within a
+    chosen phase (kubeadm init and joins and MetalLB twice each, the control-plane LB and the pod
+    network once; the first phases are killed 20 times in test_lab_controlplane.py), each time run again; the final run leaves what the
     first, uninterrupted create left: every file bmctl manages on every node (content and mode, no
     temp file, kubeadm recorded as done), and the MetalLB objects, lbnode labels, node list and
     recorded config in the API."""
@@ -262,7 +266,7 @@ def test_create_killed_at_random_points_converges(lab, cluster):
     import signal
     reference = lab.reference_state
     durations = phase_seconds(cluster[0].stdout)
-    assert len(durations) == 6, cluster[0].stdout
+    assert len(durations) == 7, cluster[0].stdout
     rng = random.Random(7)
     kills: list[tuple[int, float]] = []
     finished = 0
@@ -289,7 +293,7 @@ def test_create_killed_at_random_points_converges(lab, cluster):
     landed = sorted(p for p, _ in kills)
     print(f"uninterrupted create {lab.create_seconds:.1f} s (phases: {durations}); killed in phases {landed} "
           f"(phase, seconds into it: {kills}); {finished} run(s) finished before their kill")
-    assert landed.count(4) >= 1 and landed.count(5) >= 2  # kubeadm and MetalLB were really interrupted
+    assert landed.count(4) >= 1 and landed.count(6) >= 1  # kubeadm and MetalLB were really interrupted
     proc = lab.bmctl("create", "cluster", timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     states = [{}]

@@ -1,7 +1,7 @@
 """bmctl logging in as a user other than root (nodeAccess.loginUser) and working through sudo, as on
 most fleets: the lab's nodes have `bmctl-ops` (passwordless sudo) and `bmctl-plain` (no sudo rule),
 with their own /etc/passwd, shadow, sudoers.d and /home (bmctl/lab/lab.py). Real sudo, sshd,
-keepalived, haproxy, etcd, kube-apiserver and MetalLB; the kubeadm stand-in runs under sudo.
+containerd, kubelet, kubeadm (run under sudo) and every pod of the cluster, on the lab's real nodes.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import yaml
 from bmctl.lab.lab import PLAIN_USER, SUDO_USER
 from lab.harness import NET, Kube, http_get, metallb_objects, running_lab, start_web_service, wait_for
 
-PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
+PARTS = ("kubelet", "kubeadm", "crictl", "crane")
 FOLDERS = ("etc_kubernetes", "etc_keepalived", "etc_haproxy", "var_lib_bmctl")
 
 

@@ -19,7 +19,7 @@ import yaml
 
 from lab.harness import NET, Kube, kill_at_random_points, metallb_objects, running_lab, wait_for
 
-PARTS = ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker")
+PARTS = ("kubelet", "kubeadm", "crictl", "crane")
 LB_FILES = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", "/etc/keepalived/check_haproxy.sh",
             "/etc/kubernetes/manifests/haproxy.yaml", "/etc/kubernetes/manifests/keepalived.yaml")
 LB_LABEL = "baremetal.cluster.gke.io/lbnode"
@@ -318,9 +318,8 @@ def test_removing_an_lb_node_stops_everything_on_it(lab, cluster):
     wait_for(lambda: gone["address"] not in speakers(kube), 60, "the removed node's speaker to stop")
     for path in LB_FILES:
         assert not lab.node_file(node, path).exists(), path
-    pods = lab.lab.state_dir / node["name"] / "pods"
-    wait_for(lambda: not (pods / "keepalived_keepalived.pid").exists() and not (pods / "haproxy_haproxy.pid").exists(),
-             30, "keepalived and haproxy stopped on the removed node")
+    wait_for(lambda: not lab.running(node, "keepalived") and not lab.running(node, "haproxy"),
+             60, "keepalived and haproxy stopped on the removed node")
     assert gone["address"] not in lab.vip_holders() and len(lab.vip_holders()) == 1
 
 

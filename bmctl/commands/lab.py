@@ -15,11 +15,12 @@ def _lab(workspace: Path | None) -> Lab:
 
 
 def up(workspace: Path | None, control_planes: int, lb_nodes: int, workers: int, host_address: bool,
-       subnet: str | None = None) -> None:
+       subnet: str | None = None, real_nodes: bool = True) -> None:
     lab = _lab(workspace)
-    Lab.check_prerequisites()
+    Lab.check_prerequisites(real_nodes)
     Workspace("lab", workspace).ensure()
-    state = lab.up(control_planes, lb_nodes, workers, host_address, subnet=subnet)
+    state = lab.up(control_planes, lb_nodes, workers, host_address, subnet=subnet, real_nodes=real_nodes,
+                   say=lambda msg: out.print(msg, markup=False))
     net = Lab.net_of(state)
     out.print(f"Lab up: {len(state['nodes'])} nodes on {net.bridge_cidr}, pods on {net.pods} (bridge namespace "
               f"{state['bridge_ns']}, client namespace {state['client_ns']}).", markup=False)

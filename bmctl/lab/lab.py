@@ -38,7 +38,10 @@ STOCK_BASHRC = "# ~/.bashrc: executed by bash(1) for non-login shells (a lab nod
 SUDO_USER = "bmctl-ops"
 PLAIN_USER = "bmctl-plain"
 LAB_USERS = {SUDO_USER: True, PLAIN_USER: False}
-TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl"]
+TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl", "nsenter"]
+# Real nodes: the node software a machine prepared by hand would have (Debian packages); the rest is
+# built with Go (bmctl/lab/binaries.py).
+REAL_NODE_TOOLS = ["containerd", "runc", "conntrack", "iptables"]
 
 
 def _no_hash(shadow_line: str) -> str:
@@ -88,21 +91,22 @@ class Lab:
 
     # -- up -----------------------------------------------------------------------------------
     @staticmethod
-    def check_prerequisites() -> None:
+    def check_prerequisites(real_nodes: bool = False) -> None:
         if os.geteuid() != 0:
             raise BmctlError("the lab needs root (it creates network namespaces and mounts).",
                              "run `sudo bmctl lab up`.")
         sbin = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-        missing = [t for t in TOOLS if shutil.which(t, path=sbin) is None]
+        missing = [t for t in TOOLS + (REAL_NODE_TOOLS if real_nodes else []) if shutil.which(t, path=sbin) is None]
         if not os.path.exists("/usr/sbin/sshd"):
             missing.append("sshd")
         if missing:
             raise BmctlError(f"the lab needs {', '.join(missing)}.",
-                             "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux")
+                             "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux "
+                             "containerd runc containernetworking-plugins conntrack iptables (and Go for the builds)")
 
     def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
            config_path: Path | None = None, cluster: str = "lab", static_pods: bool = True,
-           subnet: str | None = None, real_nodes: bool = False) -> dict:
+           subnet: str | None = None, real_nodes: bool = False, say=None) -> dict:
         """`real_nodes`: every node runs a real containerd and kubelet (with kubeadm and crictl) under
         the lab's unit supervisor, pulling images from a registry in the lab; otherwise the kubelet
         and kubeadm stand-ins run. `static_pods=False`: the nodes' kubelet stand-ins ignore /etc/kubernetes/manifests (for
@@ -125,7 +129,7 @@ class Lab:
             self._keys(state)
             self._network(state, control_planes, lb_nodes, workers, host_address)
             if real_nodes:
-                self._registry(state)
+                self._registry(state, say or (lambda msg: None))
             self._start_nodes(state)
             state["config"] = str(self._write_config(state, config_path))
         except BaseException:
@@ -180,7 +184,7 @@ class Lab:
         sh("ip", "-n", netns, "link", "set", "eth0", "up")
         sh("ip", "-n", netns, "link", "set", "lo", "up")
 
-    def _registry(self, state: dict) -> None:
+    def _registry(self, state: dict, say) -> None:
         """The lab's OCI registry, in a namespace of its own on the bridge, holding every image the
         cluster runs (built here); the release that names them is saved as release.yaml."""
         from bmctl.lab import release
@@ -189,7 +193,7 @@ class Lab:
         state["registry_ns"] = ns
         self.save(state)
         self._attach(state["bridge_ns"], ns, "registry", net.registry_ip, net.prefix)
-        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry")
+        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry", say=say)
         state["pids"]["registry"] = pid
         state["release"] = str(self.state_dir / "release.yaml")
         self.save(state)
@@ -206,7 +210,6 @@ class Lab:
                 (bin_dir / name).symlink_to(binaries.binary(name))
             (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} -m bmctl.lab.systemctl \"$@\"\n")
             (bin_dir / "systemctl").chmod(0o755)
-            (bin_dir / "crictl.yaml").write_text("runtime-endpoint: unix:///run/containerd/containerd.sock\n")
             return
         shared = self.state_dir / "shared"
         shared.mkdir(exist_ok=True)

@@ -13,8 +13,9 @@ from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
 from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, LB_NODE_PATHS, status_file
 from bmctl.render.kubeadm import KUBEADM_CONFIG
+from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 
-LB_FILES = [*LB_NODE_PATHS, status_file("haproxy"), status_file("keepalived")]
+LB_FILES = [*LB_NODE_PATHS, status_file("haproxy"), status_file("keepalived"), BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG]
 NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE, *KUBEADM_STATE_FILES]
 STOP_SECONDS = 60
 
@@ -61,6 +62,8 @@ class Reset(Phase):
             if has_kubeadm:
                 host.run(["kubeadm", "reset", "-f"], step="kubeadm reset", timeout=300)
             remove_files(host, self._files(ctx, host.address))
+            if has_kubeadm:  # the LB bootstrap drop-in may be gone: systemd forgets it
+                host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload", check=False)
             host.run(node_cleanup_argv(ctx.config), step="remove flannel's files, links and routes")
             ports = self._ports(ctx, host.address)
             deadline = time.monotonic() + STOP_SECONDS

@@ -65,11 +65,13 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
 
 
 class LabHarness:
-    def __init__(self, workdir: Path, control_planes: int = 3, lb_nodes: int = 0, workers: int = 0) -> None:
+    def __init__(self, workdir: Path, control_planes: int = 3, lb_nodes: int = 0, workers: int = 0,
+                 real_nodes: bool = True) -> None:
         self.workdir = workdir
         self.workspace = workdir / "bmctl-workspace"
         self.lab = Lab(self.workspace / "lab" / "lab-state")
         self.sizes = (control_planes, lb_nodes, workers)
+        self.real_nodes = real_nodes
         self.backends: dict[str, subprocess.Popen] = {}
         self.extra: list[subprocess.Popen] = []
         self.state: dict = {}
@@ -77,7 +79,7 @@ class LabHarness:
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self) -> "LabHarness":
         (self.workspace / "lab").mkdir(parents=True, exist_ok=True)
-        self.state = self.lab.up(*self.sizes, host_address=False, subnet=NET.segment)
+        self.state = self.lab.up(*self.sizes, host_address=False, subnet=NET.segment, real_nodes=self.real_nodes)
         return self
 
     def down(self) -> None:
@@ -202,8 +204,21 @@ class LabHarness:
             time.sleep(0.02)
         raise AssertionError(f"no successful request through the VIP within {timeout} s")
 
+    def crictl(self, node: dict, *args: str) -> str:
+        return self.lab.node_exec(node["name"], ["crictl", "--runtime-endpoint", "unix:///run/containerd/containerd.sock",
+                                                 *args]).stdout
+
+    def running(self, node: dict, pod: str) -> bool:
+        """Whether a container of that name runs on the node."""
+        return bool(self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running").split())
+
     def pod_pid(self, node: dict, pod: str) -> int:
-        return int((self.lab.state_dir / node["name"] / "pods" / f"{pod}_{pod}.pid").read_text())
+        """The pid (as this machine sees it) of the main process of a static pod's running container."""
+        if not self.real_nodes:
+            return int((self.lab.state_dir / node["name"] / "pods" / f"{pod}_{pod}.pid").read_text())
+        ids = self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running").split()
+        assert len(ids) == 1, f"{pod} on {node['name']}: running containers {ids}"
+        return int(self.crictl(node, "inspect", "-o", "go-template", "--template", "{{.info.pid}}", ids[0]))
 
     def reboot(self, node: dict) -> None:
         self.lab.reboot(node["name"])
@@ -214,8 +229,9 @@ class LabHarness:
 
     def node_file(self, node: dict, path: str) -> Path:
         """A file as the node sees it (the lab keeps each node's folders under its state)."""
-        for d in ("/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
-                  "/var/backups/bmctl", "/var/lib/bmctl"):
+        from bmctl.lab.lab import NODE_DIRS
+        from bmctl.lab.realnode import NODE_DIRS as REAL_NODE_DIRS
+        for d in sorted(NODE_DIRS + REAL_NODE_DIRS, key=len, reverse=True):
             if path.startswith(d + "/"):
                 return self.lab.state_dir / node["name"] / "fs" / d.strip("/").replace("/", "_") / path[len(d) + 1:]
         raise KeyError(path)
@@ -246,24 +262,29 @@ def metallb_objects(lab: "LabHarness") -> dict:
     return {(o["kind"], o["metadata"]["name"]): o["spec"] for o in [*pools["items"], *l2["items"]]}
 
 
-def start_web_service(lab: "LabHarness", kube: Kube, namespace: str = "demo") -> tuple[str, subprocess.Popen]:
-    """A backend process on the worker (port 8080), its Pod object (status set as a kubelet would)
-    and a LoadBalancer Service on port 80; returns the Service's external IP and the process."""
+def web_image(lab: "LabHarness") -> str:
+    """The lab release's small web server (answers with its pod name and the client's address)."""
+    import yaml
+    return yaml.safe_load(Path(lab.state["release"]).read_text())["images"]["web"]
+
+
+def start_web_service(lab: "LabHarness", kube: Kube, namespace: str = "demo") -> tuple[str, str]:
+    """A Deployment of the lab's web server on the worker (port 8080) and a LoadBalancer Service on
+    port 80; returns the Service's external IP and the Deployment's name."""
+    from kubernetes import client
     worker = next(n for n in lab.nodes if n["role"] == "worker")
-    backend = subprocess.Popen(["ip", "netns", "exec", worker["netns"], sys.executable, "-m", "http.server", "8080",
-                                "--bind", worker["address"]], start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    lab.extra.append(backend)
     kube("create_namespace", {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
-    wait_for(lambda: kube("list_namespaced_service_account", namespace).items, 30, "the default ServiceAccount")
-    kube("create_namespaced_pod", namespace, {
-        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "labels": {"app": "web"}},
-        "spec": {"nodeName": worker["name"],
-                 "containers": [{"name": "web", "image": "python", "ports": [{"containerPort": 8080}]}]}})
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    kube("patch_namespaced_pod_status", "web", namespace, {"status": {
-        "phase": "Running", "podIP": worker["address"], "podIPs": [{"ip": worker["address"]}],
-        "hostIP": worker["address"], "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": now}]}})
+    apps = client.AppsV1Api(kube.core.api_client)
+    with in_netns(lab.client_ns):
+        apps.create_namespaced_deployment(namespace, {
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}},
+                                  "spec": {"nodeSelector": {"kubernetes.io/hostname": worker["name"]},
+                                           "containers": [{"name": "web", "image": web_image(lab),
+                                                           "ports": [{"containerPort": 8080}],
+                                                           "readinessProbe": {"httpGet": {"path": "/", "port": 8080},
+                                                                              "periodSeconds": 1}}]}}}})
     kube("create_namespaced_service", namespace, {
         "apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
         "spec": {"type": "LoadBalancer", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}})
@@ -272,7 +293,9 @@ def start_web_service(lab: "LabHarness", kube: Kube, namespace: str = "demo") ->
         svc = kube("read_namespaced_service", "web", namespace)
         ing = (svc.status.load_balancer.ingress or []) if svc.status.load_balancer else []
         return ing[0].ip if ing else None
-    return wait_for(external_ip, 60, "an EXTERNAL-IP for the LoadBalancer Service", 0.5), backend
+    ip = wait_for(external_ip, 60, "an EXTERNAL-IP for the LoadBalancer Service", 0.5)
+    wait_for(lambda: http_get(lab, ip), 90, "the web pod to answer through the Service IP", 0.5)
+    return ip, "web"
 
 
 def http_get(lab: "LabHarness", ip: str, port: int = 80, timeout: float = 1.0) -> str | None:
@@ -354,15 +377,15 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
 
 @contextmanager
 def running_lab(workdir: Path, control_planes: int, lb_nodes: int = 0, workers: int = 0,
-                needs: tuple[str, ...] = ()):
+                needs: tuple[str, ...] = (), real_nodes: bool = True):
     """A lab for a test module; fails under CI=true (skips elsewhere) when a prerequisite is missing,
     and is always torn down."""
     from bmctl.lab import binaries
     from conftest import require
-    missing = lab_prerequisites() + [p for p in needs if not binaries.binary(p).exists()]
+    missing = lab_prerequisites(real_nodes) + [p for p in needs if not binaries.binary(p).exists()]
     require(not missing, f"lab prerequisites: {', '.join(missing)}"
             + (" (python -m bmctl.lab.binaries builds the Go parts)" if needs else ""))
-    harness = LabHarness(workdir, control_planes, lb_nodes, workers)
+    harness = LabHarness(workdir, control_planes, lb_nodes, workers, real_nodes)
     try:
         harness.up()
         yield harness
@@ -370,9 +393,10 @@ def running_lab(workdir: Path, control_planes: int, lb_nodes: int = 0, workers: 
         harness.down()
 
 
-def lab_prerequisites() -> list[str]:
-    missing = [t for t in ("ip", "unshare", "keepalived", "haproxy", "curl", "ssh-keygen", "arping")
-               if shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None]
+def lab_prerequisites(real_nodes: bool = False) -> list[str]:
+    tools = ("ip", "unshare", "keepalived", "haproxy", "curl", "ssh-keygen", "arping", "nsenter") + \
+        (("containerd", "runc") if real_nodes else ())
+    missing = [t for t in tools if shutil.which(t, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None]
     if not os.path.exists("/usr/sbin/sshd"):
         missing.append("sshd")
     if os.geteuid() != 0:
