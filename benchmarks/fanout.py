@@ -200,7 +200,7 @@ def main() -> None:
     try:
         start = time.monotonic()
         state = lab.up(control_planes=args.nodes, lb_nodes=0, workers=0, host_address=False,
-                       config_path=work / "lab.yaml", static_pods=False)
+                       config_path=work / "lab.yaml", real_nodes=False)
         results["lab_up_seconds"] = round(time.monotonic() - start, 1)
         print(f"lab of {args.nodes} nodes up in {results['lab_up_seconds']} s", flush=True)
         client = ["ip", "netns", "exec", state["client_ns"]]

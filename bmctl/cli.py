@@ -143,10 +143,19 @@ def lab_up(workspace: Optional[Path] = WorkspaceOpt,
                                                 "192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (default: the "
                                                 "first that collides with none of this machine's addresses "
                                                 "and routes).")) -> None:
-    """Start a lab: one network namespace + sshd per node; writes bmctl-workspace/lab/lab.yaml."""
+    """Start a lab: real nodes (containerd, kubelet, kubeadm; images in a registry of the lab) as network
+    namespaces with sshd; builds what is missing first; writes bmctl-workspace/lab/lab.yaml."""
     from bmctl.commands import lab as lab_cmd
 
     lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address, subnet)
+
+
+@lab_app.command("demo")
+def lab_demo(workspace: Optional[Path] = WorkspaceOpt, concurrency: int = ConcurrencyOpt) -> None:
+    """Create the lab's cluster (bmctl create cluster -c lab) and show a LoadBalancer Service answering."""
+    from bmctl.commands import lab as lab_cmd
+
+    lab_cmd.demo(workspace, concurrency)
 
 
 @lab_app.command("down")

@@ -5,6 +5,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from bmctl.errors import BmctlError
 from bmctl.lab.lab import Lab
 from bmctl.output import out
 from bmctl.workspace import Workspace
@@ -35,9 +36,66 @@ def down(workspace: Path | None) -> None:
 def status(workspace: Path | None) -> None:
     rows = _lab(workspace).status()
     table = Table(title="bmctl lab")
-    for col in ("node", "address", "role", "netns", "sshd", "static pods"):
+    for col in ("node", "address", "role", "netns", "sshd", "containerd", "kubelet"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["name"], r["address"], r["role"], r["netns"], "up" if r["ssh"] else "down",
-                      ", ".join(r["static_pods"]) or "-")
+                      r["units"].get("containerd", "-"), r["units"].get("kubelet", "-"))
     out.print(table)
+
+
+DEMO_NAMESPACE = "bmctl-demo"
+
+
+def demo(workspace: Path | None, concurrency: int) -> None:
+    """Create the lab's cluster (`bmctl create cluster -c lab`), then a Deployment of a small web
+    server behind a LoadBalancer Service, and show the Service IP answering from this machine."""
+    import time
+    import urllib.request
+
+    import yaml
+
+    from bmctl.commands.cluster import create_cluster
+    from bmctl.kube import Kube, wait
+
+    lab = _lab(workspace)
+    state = lab.load()
+    if not state.get("real_nodes") or not state.get("host_veth"):
+        raise BmctlError("the demo needs a lab of real nodes with this machine on its bridge.",
+                         "run `bmctl lab down` and `bmctl lab up` (without --no-host-address).")
+    ws = Workspace("lab", workspace)
+    out.print("Creating the cluster: bmctl create cluster -c lab", markup=False)
+    create_cluster(state["config"], workspace, dry_run=False, concurrency=concurrency)
+    web = yaml.safe_load(Path(state["release"]).read_text())["images"]["web"]
+    kube = Kube(ws.kubeconfig_path)
+    labels = {"app.kubernetes.io/name": "web", "app.kubernetes.io/managed-by": "bmctl-lab-demo"}
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": DEMO_NAMESPACE}})
+    kube.apply({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": DEMO_NAMESPACE, "labels": labels},
+                "spec": {"replicas": 2, "selector": {"matchLabels": labels},
+                         "template": {"metadata": {"labels": labels}, "spec": {"containers": [{
+                             "name": "web", "image": web, "ports": [{"containerPort": 8080}],
+                             "env": [{"name": "NODE_NAME", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                                     {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                             "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 2}}]}}}})
+    kube.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": DEMO_NAMESPACE},
+                "spec": {"type": "LoadBalancer", "selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}})
+
+    def external_ip():
+        svc = kube.core.read_namespaced_service("web", DEMO_NAMESPACE)
+        ingress = (svc.status.load_balancer.ingress or []) if svc.status.load_balancer else []
+        return ingress[0].ip if ingress else None
+    ip = wait("an EXTERNAL-IP for Service bmctl-demo/web", external_ip, 60)
+
+    def answer():
+        try:
+            with urllib.request.urlopen(f"http://{ip}/", timeout=2) as resp:
+                return resp.read().decode(errors="replace").strip()
+        except OSError:
+            return None
+    start = time.monotonic()
+    body = wait(f"the web pods to answer on http://{ip}/", answer, 120)
+    out.print(f"Service bmctl-demo/web (type LoadBalancer) answers on http://{ip}/ after "
+              f"{time.monotonic() - start:.1f} s: {body}", markup=False)
+    out.print(f"Try: curl http://{ip}/ ; kubectl --kubeconfig {ws.kubeconfig_path} -n {DEMO_NAMESPACE} get pods,svc",
+              markup=False)

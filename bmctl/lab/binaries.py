@@ -1,14 +1,27 @@
-"""Build the real Kubernetes and MetalLB parts the lab runs, from their Go modules.
+"""Build every binary the lab needs from its Go module, version-stamped, with this machine's Go.
 
-kube-apiserver and kube-proxy come from a wrapper module that requires k8s.io/kubernetes at one
-pinned version and replaces each k8s.io/* staging module with its published v0.X.Y; etcd from
-go.etcd.io/etcd/server/v3 (a three-line main around etcdmain); MetalLB's controller and speaker
-from go.universe.tf/metallb. Binaries are cached outside the repository, keyed by version:
-    $BMCTL_BIN_CACHE (default ~/.cache/bmctl/bin)/<name>-<version>
-Run: python -m bmctl.lab.binaries [--list]
+What is built (the lab's versions: GROUPS below is the one place they live; real clusters' versions
+live in bmctl/release/):
+- kubernetes v1.34.2: kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubelet,
+  kubeadm, kubectl, from a wrapper module that requires k8s.io/kubernetes and replaces each
+  k8s.io/* staging module with its published v0.34.2;
+- etcd v3.6.5 (and etcdctl): the version kubeadm 1.34 deploys (constants.SupportedEtcdVersion[34]);
+- CoreDNS v1.12.1 (kubeadm 1.34's constants.CoreDNSVersion);
+- flannel v0.27.4 (the lab's pod network) and its CNI plugin (see FLANNEL_CNI_PLUGIN);
+- MetalLB v0.15.2 controller and speaker;
+- crane v0.22.1 (image pushes, the lab's registry) and crictl v1.34.0;
+- pause and web, our own programs (bmctl/lab/cmd/).
+
+Each group is one wrapper module and ONE `go build` of all its main packages (they share the
+compilation), CGO off except flannel (its amd64 UDP backend is cgo; linked static, as upstream).
+Binaries are cached outside the repository, keyed by name and version, each with a stamp of how it
+was built (module versions, ldflags, Go version, own sources): a changed stamp rebuilds.
+    $BMCTL_BIN_CACHE (default ~/.cache/bmctl/bin)/<name>-<version>[.stamp]
+Run: python -m bmctl.lab.binaries [GROUP...] [--list]
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -16,103 +29,275 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+OWN_SOURCES = Path(__file__).resolve().parent / "cmd"
+
 KUBERNETES = "v1.34.2"
-ETCD = "v3.5.35"
+KUBERNETES_DATE = "2025-11-11T19:00:37Z"  # the module's release time (buildDate: builds are reproducible)
+ETCD = "v3.6.5"
+COREDNS = "v1.12.1"
+FLANNEL = "v0.27.4"
+# flannel's CNI plugin. Upstream's kube-flannel.yml of v0.27.4 pairs flannel-io/cni-plugin
+# v1.8.0-flannel1, which the Go module proxy here does not serve (no version of that module). We
+# build the same plugin from the module it was split out of, containernetworking/plugins
+# (plugins/meta/flannel, its last release there): the same delegation to bridge + host-local; it
+# lacks v1.x's several-CIDRs-per-family subnet.env parsing, which a one-CIDR pod network never uses.
+FLANNEL_CNI_PLUGIN = "v0.9.1"
 METALLB = "v0.15.2"
+CRANE = "v0.22.1"
+CRICTL = "v1.34.0"
+OWN = "v1"  # pause and web: bump when their behaviour changes (a source change rebuilds anyway)
+PAUSE_TAG = "3.10.1"  # kubeadm 1.34's constants.PauseVersion: the tag our pause image carries
+
+K8S_VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+
+
+def _x(var: str, value: str) -> str:
+    return f"-X {var}={value}"
+
+
+def _k8s_ldflags() -> tuple[str, ...]:
+    """What kube::version::ldflags (hack/lib/version.sh) stamps, in both version packages.
+
+    gitCommit stays unset (as upstream does when it builds outside git): the proxy gives no commit.
+    """
+    major, minor = KUBERNETES[1:].split(".")[:2]
+    values = {"gitVersion": KUBERNETES, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean",
+              "buildDate": KUBERNETES_DATE}
+    return tuple(_x(f"{pkg}.{k}", v) for pkg in K8S_VERSION_PACKAGES for k, v in values.items())
+
+
+@dataclass(frozen=True)
+class Group:
+    """Main packages built by one `go build` from one wrapper module."""
+    name: str
+    version: str
+    requires: dict[str, str]  # module -> version
+    binaries: dict[str, str]  # binary name -> main package
+    ldflags: tuple[str, ...] = ()
+    cgo: bool = False
+    tags: str = ""
+    staging: bool = False  # replace k8s.io/kubernetes's ./staging modules with their published versions
+    own: bool = False  # our own module (bmctl/lab/cmd), no wrapper
+
+
+GROUPS = [
+    Group("kubernetes", KUBERNETES, {"k8s.io/kubernetes": KUBERNETES},
+          {n: f"k8s.io/kubernetes/cmd/{n}" for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                                                     "kube-proxy", "kubelet", "kubeadm", "kubectl")},
+          _k8s_ldflags(), staging=True),
+    Group("etcd", ETCD, {"go.etcd.io/etcd/server/v3": ETCD, "go.etcd.io/etcd/etcdctl/v3": ETCD},
+          {"etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3"},
+          (_x("go.etcd.io/etcd/api/v3/version.GitSHA", "a061450"),)),  # the version itself is a constant there
+    Group("coredns", COREDNS, {"github.com/coredns/coredns": COREDNS}, {"coredns": "github.com/coredns/coredns"},
+          (_x("github.com/coredns/coredns/coremain.GitCommit", "707c7c1"),)),
+    Group("flannel", FLANNEL, {"github.com/flannel-io/flannel": FLANNEL}, {"flanneld": "github.com/flannel-io/flannel"},
+          (_x("github.com/flannel-io/flannel/pkg/version.Version", FLANNEL), "-extldflags=-static"),
+          cgo=True, tags="netgo,osusergo"),
+    Group("flannel-cni-plugin", FLANNEL_CNI_PLUGIN, {"github.com/containernetworking/plugins": FLANNEL_CNI_PLUGIN},
+          {"flannel-cni-plugin": "github.com/containernetworking/plugins/plugins/meta/flannel"},
+          (_x("github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion", FLANNEL_CNI_PLUGIN),)),
+    Group("metallb", METALLB, {"go.universe.tf/metallb": METALLB},
+          {"metallb-controller": "go.universe.tf/metallb/controller",
+           "metallb-speaker": "go.universe.tf/metallb/speaker"},
+          (_x("go.universe.tf/metallb/internal/version.gitCommit", "942c2fe5"),
+           _x("go.universe.tf/metallb/internal/version.gitBranch", "v0.15"))),
+    Group("crane", CRANE, {"github.com/google/go-containerregistry": CRANE},
+          {"crane": "github.com/google/go-containerregistry/cmd/crane"},
+          (_x("github.com/google/go-containerregistry/cmd/crane/cmd.Version", CRANE),)),
+    Group("crictl", CRICTL, {"sigs.k8s.io/cri-tools": CRICTL}, {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"},
+          (_x("sigs.k8s.io/cri-tools/pkg/version.Version", CRICTL),)),
+    Group("own", OWN, {}, {"pause": "bmctl.lab/cmd/pause", "web": "bmctl.lab/cmd/web"}, own=True),
+]
+BY_BINARY = {b: g for g in GROUPS for b in g.binaries}
+BY_NAME = {g.name: g for g in GROUPS}
 
 
 def cache_dir() -> Path:
     return Path(os.environ.get("BMCTL_BIN_CACHE", Path.home() / ".cache" / "bmctl" / "bin"))
 
 
+def version(name: str) -> str:
+    return BY_BINARY[name].version
+
+
 def binary(name: str) -> Path:
-    version = {"kube-apiserver": KUBERNETES, "kube-proxy": KUBERNETES, "etcd": ETCD,
-               "metallb-controller": METALLB, "metallb-speaker": METALLB}[name]
-    return cache_dir() / f"{name}-{version}"
+    """The cached binary `name` (e.g. "kubelet", "etcd", "metallb-speaker"); it may not exist yet."""
+    return cache_dir() / f"{name}-{version(name)}"
 
 
-def _go(args: list[str], cwd: Path, env: dict | None = None) -> str:
-    full = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local", **(env or {})}
-    go = shutil.which("go") or "/usr/local/go/bin/go"
-    proc = subprocess.run([go, *args], cwd=cwd, env=full, capture_output=True, text=True)
+def go() -> str:
+    return shutil.which("go") or "/usr/local/go/bin/go"
+
+
+def _go_version() -> str:
+    return subprocess.run([go(), "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _own_sources_digest() -> str:
+    h = hashlib.sha256()
+    for path in sorted(OWN_SOURCES.rglob("*")):
+        if path.is_file():
+            h.update(str(path.relative_to(OWN_SOURCES)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
+def stamp(group: Group, go_version: str | None = None) -> str:
+    """How `group` is built, as a short digest: a cached binary with another stamp is rebuilt."""
+    recipe = {"group": group.name, "version": group.version, "requires": group.requires,
+              "binaries": group.binaries, "ldflags": group.ldflags, "cgo": group.cgo, "tags": group.tags,
+              "staging": group.staging, "go": go_version or _go_version(),
+              "own": _own_sources_digest() if group.own else None}
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _stamp_file(name: str) -> Path:
+    return binary(name).with_name(binary(name).name + ".stamp")
+
+
+def state(name: str, current_stamp: str) -> str:
+    """"ok", "missing" or "stale" (built another way: other ldflags, Go or sources)."""
+    if not binary(name).exists():
+        return "missing"
+    recorded = _stamp_file(name).read_text().strip() if _stamp_file(name).exists() else ""
+    return "ok" if recorded == current_stamp else "stale"
+
+
+def _env(cgo: bool) -> dict:
+    return {**os.environ, "CGO_ENABLED": "1" if cgo else "0", "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}
+
+
+def _run_go(args: list[str], cwd: Path, cgo: bool = False) -> str:
+    proc = subprocess.run([go(), *args], cwd=cwd, env=_env(cgo), capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"go {' '.join(args)} failed in {cwd}:\n{proc.stderr[-4000:]}")
     return proc.stdout
 
 
-def _module(workdir: Path, name: str, requires: dict[str, str], replaces: dict[str, str] | None = None,
-            main: str | None = None) -> Path:
-    workdir.mkdir(parents=True, exist_ok=True)
-    lines = [f"module {name}", "", "go 1.24", ""]
-    lines += [f"require {m} {v}" for m, v in requires.items()]
-    lines += [f"replace {m} => {m} {v}" for m, v in (replaces or {}).items()]
-    (workdir / "go.mod").write_text("\n".join(lines) + "\n")
-    if main:
-        (workdir / "main.go").write_text(main)
-    return workdir
-
-
-def _staging_replaces(work: Path) -> dict[str, str]:
+def _staging_replaces(work: Path, kubernetes: str) -> dict[str, str]:
     """Every k8s.io/* module that k8s.io/kubernetes replaces with ./staging, at its published v0.X.Y."""
-    info = json.loads(_go(["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES}"], work))
+    info = json.loads(_run_go(["mod", "download", "-json", f"k8s.io/kubernetes@{kubernetes}"], work))
     gomod = Path(info["GoMod"]).read_text()
     staging = re.findall(r"^\s*(k8s\.io/[\w.-]+) => \./staging/", gomod, re.M)
-    published = "v0." + KUBERNETES[3:]
-    return {m: published for m in staging}
+    return {m: "v0." + kubernetes[3:] for m in staging}
 
 
-def build_kubernetes(work: Path) -> None:
-    wanted = [n for n in ("kube-apiserver", "kube-proxy") if not binary(n).exists()]
-    if not wanted:
-        return
-    mod = _module(work / "k8s", "bmctl.lab/k8s", {"k8s.io/kubernetes": KUBERNETES})
-    replaces = _staging_replaces(mod)
-    _module(mod, "bmctl.lab/k8s", {"k8s.io/kubernetes": KUBERNETES}, replaces)
-    (mod / "tools.go").write_text("//go:build tools\n\npackage tools\n\nimport (\n"
-                                  '\t_ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n'
-                                  '\t_ "k8s.io/kubernetes/cmd/kube-proxy/app"\n)\n')
-    _go(["mod", "tidy"], mod)
-    for name in wanted:
-        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary(name)), f"k8s.io/kubernetes/cmd/{name}"], mod)
+def _wrapper_module(group: Group, work: Path) -> Path:
+    """A module that requires the group's modules and names its main packages as tools (go 1.24)."""
+    work.mkdir(parents=True, exist_ok=True)
+    if group.own:
+        shutil.copytree(OWN_SOURCES, work, dirs_exist_ok=True)
+        return work
+    lines = [f"module bmctl.lab/{group.name}", "", "go 1.24", ""]
+    lines += [f"require {m} {v}" for m, v in group.requires.items()]
+    if group.staging:
+        (work / "go.mod").write_text("\n".join(lines) + "\n")
+        lines += [f"replace {m} => {m} {v}" for m, v in _staging_replaces(work, group.version).items()]
+    lines += [f"tool {pkg}" for pkg in group.binaries.values()]
+    (work / "go.mod").write_text("\n".join(lines) + "\n")
+    return work
 
 
-def build_etcd(work: Path) -> None:
-    if binary("etcd").exists():
-        return
-    mod = _module(work / "etcd", "bmctl.lab/etcd", {"go.etcd.io/etcd/server/v3": ETCD},
-                  main='package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\n'
-                       'func main() { etcdmain.Main(os.Args) }\n')
-    _go(["mod", "tidy"], mod)
-    _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary("etcd")), "."], mod)
+def _default_name(pkg: str) -> str:
+    """The file `go build -o DIR/` writes for a main package: its last path element that is not /vN."""
+    parts = pkg.split("/")
+    return parts[-2] if re.fullmatch(r"v\d+", parts[-1]) and len(parts) > 1 else parts[-1]
 
 
-def build_metallb(work: Path) -> None:
-    wanted = [n for n in ("metallb-controller", "metallb-speaker") if not binary(n).exists()]
-    if not wanted:
-        return
-    mod = _module(work / "metallb", "bmctl.lab/metallb", {"go.universe.tf/metallb": METALLB})
-    (mod / "tools.go").write_text("//go:build tools\n\npackage tools\n\nimport (\n"
-                                  '\t_ "go.universe.tf/metallb/controller"\n\t_ "go.universe.tf/metallb/speaker"\n)\n')
-    _go(["mod", "tidy"], mod)
-    for name in wanted:
-        pkg = "go.universe.tf/metallb/" + name.split("-", 1)[1]
-        _go(["build", "-trimpath", "-ldflags", "-s -w", "-o", str(binary(name)), pkg], mod)
+def _print(msg: str) -> None:
+    print(msg, flush=True)
 
 
-def ensure(parts: list[str] | None = None) -> None:
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{seconds:.1f}s"
+
+
+def build_group(group: Group, names: list[str], current_stamp: str, say=_print) -> float:
+    """One `go build` of `names` (binaries of `group`) into the cache; returns the seconds it took."""
+    start = time.monotonic()
     cache_dir().mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="bmctl-gobuild-"))
-    builders = {"etcd": build_etcd, "metallb": build_metallb, "kubernetes": build_kubernetes}
-    for name in parts or list(builders):
-        print(f"building {name} (cached in {cache_dir()})", flush=True)
-        builders[name](work)
+    with tempfile.TemporaryDirectory(prefix=f"bmctl-gobuild-{group.name}-") as tmp:
+        mod = _wrapper_module(group, Path(tmp) / "mod")
+        say(f"  {group.name}: resolving modules")
+        _run_go(["mod", "tidy"], mod, group.cgo)
+        out = Path(tmp) / "out"
+        out.mkdir()
+        pkgs = [group.binaries[n] for n in names]
+        ldflags = " ".join(("-s", "-w", *group.ldflags))
+        args = [go(), "build", "-v", "-trimpath", "-ldflags", ldflags, *(["-tags", group.tags] if group.tags else []),
+                "-o", f"{out}/", *pkgs]
+        say(f"  {group.name}: compiling {', '.join(names)} ({_clock(time.monotonic() - start)})")
+        proc = subprocess.Popen(args, cwd=mod, env=_env(group.cgo), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        compiled, tail, done = [0], [], threading.Event()
+
+        def ticker():
+            while not done.wait(30):
+                say(f"  {group.name}: {compiled[0]} packages compiled, {_clock(time.monotonic() - start)}")
+
+        threading.Thread(target=ticker, daemon=True).start()
+        for line in proc.stderr:
+            compiled[0] += 1
+            tail = (tail + [line])[-60:]
+        done.set()
+        if proc.wait() != 0:
+            raise RuntimeError(f"go build of {group.name} failed:\n{''.join(tail)}")
+        for name in names:
+            target = binary(name)
+            tmp_target = target.with_name(target.name + ".tmp")
+            shutil.move(str(out / _default_name(group.binaries[name])), tmp_target)
+            os.replace(tmp_target, target)
+            _stamp_file(name).write_text(current_stamp + "\n")
+    return time.monotonic() - start
+
+
+def ensure(groups: list[str] | None = None, say=_print) -> dict[str, float]:
+    """Build every missing or stale binary of `groups` (default: all); returns seconds per group built."""
+    go_version = _go_version()
+    timings = {}
+    for group in (BY_NAME[g] for g in (groups or BY_NAME)):
+        current = stamp(group, go_version)
+        wanted = [n for n in group.binaries if state(n, current) != "ok"]
+        if not wanted:
+            continue
+        say(f"building {group.name} {group.version}: {', '.join(wanted)} (cache {cache_dir()})")
+        timings[group.name] = build_group(group, wanted, current, say)
+        say(f"built {group.name} {group.version} in {_clock(timings[group.name])}")
+    return timings
+
+
+def listing() -> list[tuple[str, str, str, Path]]:
+    """(binary, version, state, path) for every binary."""
+    go_version = _go_version()
+    rows = []
+    for group in GROUPS:
+        current = stamp(group, go_version)
+        rows += [(n, group.version, state(n, current), binary(n)) for n in group.binaries]
+    return rows
+
+
+def main(argv: list[str]) -> int:
+    if "--list" in argv:
+        for name, ver, st, path in listing():
+            size = f"{path.stat().st_size / 2**20:6.1f} MiB" if path.exists() else ""
+            print(f"{name:24} {ver:10} {st:8} {size:>10}  {path}")
+        return 0
+    groups = [a for a in argv if not a.startswith("-")]
+    unknown = [g for g in groups if g not in BY_NAME]
+    if unknown:
+        print(f"unknown group(s) {', '.join(unknown)}; groups: {', '.join(BY_NAME)}", file=sys.stderr)
+        return 2
+    start = time.monotonic()
+    timings = ensure(groups or None)
+    print(f"binaries: {len(timings)} group(s) built in {_clock(time.monotonic() - start)}"
+          + ("" if timings else " (all cached)"))
+    return 0
 
 
 if __name__ == "__main__":
-    if "--list" in sys.argv:
-        for n in ("etcd", "kube-apiserver", "kube-proxy", "metallb-controller", "metallb-speaker"):
-            print(binary(n), "present" if binary(n).exists() else "missing")
-    else:
-        ensure([a for a in sys.argv[1:] if not a.startswith("-")] or None)
+    sys.exit(main(sys.argv[1:]))

@@ -105,12 +105,12 @@ class Lab:
                              "containerd runc containernetworking-plugins conntrack iptables (and Go for the builds)")
 
     def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
-           config_path: Path | None = None, cluster: str = "lab", static_pods: bool = True,
-           subnet: str | None = None, real_nodes: bool = False, say=None) -> dict:
+           config_path: Path | None = None, cluster: str = "lab", subnet: str | None = None,
+           real_nodes: bool = True, say=None) -> dict:
         """`real_nodes`: every node runs a real containerd and kubelet (with kubeadm and crictl) under
-        the lab's unit supervisor, pulling images from a registry in the lab; otherwise the kubelet
-        and kubeadm stand-ins run. `static_pods=False`: the nodes' kubelet stand-ins ignore /etc/kubernetes/manifests (for
-        benchmarks that only write files)."""
+        the lab's unit supervisor, pulling images from a registry in the lab (built here first, with
+        progress through `say`); otherwise bare nodes run sshd alone (for benchmarks that only write
+        files)."""
         self.check_prerequisites()
         if self.exists:
             raise BmctlError(f"a lab already exists at {self.state_dir}.", "run `bmctl lab down` first.")
@@ -122,7 +122,7 @@ class Lab:
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
-                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster, "static_pods": static_pods,
+                 "pids": {}, "host_veth": None, "config": None, "cluster": cluster,
                  "net": net.to_dict(), "real_nodes": real_nodes}
         self.save(state)  # from here on, `down` can undo whatever was made
         try:
@@ -199,28 +199,18 @@ class Lab:
         self.save(state)
         release.write_release(self.state_dir / "release.yaml", content)
 
-    def _bin(self, real: bool = False) -> None:
-        """The lab's /usr/local/bin: on real nodes the kubelet, kubeadm, crictl and `systemctl` (the
-        unit supervisor's shim); otherwise the kubeadm stand-in and the Go-built binaries its pods run."""
+    def _bin(self, real: bool) -> None:
+        """The lab's /usr/local/bin: on real nodes the kubelet, kubeadm, crictl (as installed by hand)
+        and `systemctl` (the unit supervisor's shim); empty on bare nodes."""
         from bmctl.lab import binaries
         bin_dir = self.state_dir / "bin"
         bin_dir.mkdir(exist_ok=True)
-        if real:
-            for name in ("kubelet", "kubeadm", "crictl"):
-                (bin_dir / name).symlink_to(binaries.binary(name))
-            (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} -m bmctl.lab.systemctl \"$@\"\n")
-            (bin_dir / "systemctl").chmod(0o755)
+        if not real:
             return
-        shared = self.state_dir / "shared"
-        shared.mkdir(exist_ok=True)
-        (bin_dir / "kubeadm").write_text(f"#!/bin/sh\nBMCTL_LAB_SHARED={shared} exec {sys.executable} "
-                                         f"-m bmctl.lab.kubeadm_standin \"$@\"\n")
-        (bin_dir / "kubeadm").chmod(0o755)
-        for name, target in (("etcd", "etcd"), ("kube-apiserver", "kube-apiserver"), ("kube-proxy", "kube-proxy"),
-                             ("controller", "metallb-controller"), ("speaker", "metallb-speaker")):
-            built = binaries.binary(target)
-            if built.exists():
-                (bin_dir / name).symlink_to(built)
+        for name in ("kubelet", "kubeadm", "crictl"):
+            (bin_dir / name).symlink_to(binaries.binary(name))
+        (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} -m bmctl.lab.systemctl \"$@\"\n")
+        (bin_dir / "systemctl").chmod(0o755)
 
     def _start_nodes(self, state: dict) -> None:
         from bmctl.lab import realnode
@@ -271,7 +261,7 @@ class Lab:
                                        [str(ndir / "hosts"), "/etc/hosts"], *accounts],
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
-                    "state_dir": str(ndir), "static_pods": state.get("static_pods", True),
+                    "state_dir": str(ndir),
                     "cgroup": realnode.node_cgroup(state["id"], node["name"]) if real else None}
             (ndir / "node.json").write_text(json.dumps(spec, indent=2))
             state["pids"][node["name"]] = self._power_on(node)
@@ -342,21 +332,19 @@ class Lab:
 
     def reboot(self, name: str) -> None:
         """A power cycle of one node: every process it runs is SIGKILLed at once (its mounts and /run
-        go with them), then it boots again: sshd and the kubelet stand-in, which starts the static
+        go with them), then it boots again: sshd, containerd and the kubelet, which starts the static
         pods from /etc/kubernetes/manifests."""
         state = self.load()
         node = next(n for n in state["nodes"] if n["name"] == name)
-        pods = self.state_dir / name / "pods"
-        for pid in [state["pids"][name], *(int(p.read_text()) for p in pods.glob("*.pid"))]:
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for pidfile in pods.glob("*.pid"):
-            pidfile.unlink(missing_ok=True)
+        try:
+            os.killpg(state["pids"][name], signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         if state.get("real_nodes"):  # containers, shims, the units: all in the node's cgroup
             from bmctl.lab import realnode, systemd
             systemd.kill_cgroup(realnode.node_cgroup(state["id"], name), timeout=0)
+            systemd.remove_cgroup(realnode.node_cgroup(state["id"], name))  # a boot starts with none
+        self._reset_network(node, self.net_of(state).prefix)
         try:
             os.waitpid(state["pids"][name], 0)  # ours when this process powered the node on
         except ChildProcessError:
@@ -368,6 +356,23 @@ class Lab:
             if time.monotonic() > deadline:
                 raise BmctlError(f"lab node {name} did not come back after its reboot")
             time.sleep(0.1)
+
+    @staticmethod
+    def _reset_network(node: dict, prefix: int) -> None:
+        """What a power cycle does to a machine's network: only its configured address is left (no
+        VIP, no bridge or veth of the pod network, no routes of it, no packet filter rules)."""
+        ns = node["netns"]
+        for link in json.loads(sh("ip", "-n", ns, "-j", "link", "show").stdout or "[]"):
+            if link["ifname"] not in ("lo", "eth0"):
+                sh("ip", "-n", ns, "link", "del", link["ifname"], check=False)
+        sh("ip", "-n", ns, "addr", "flush", "dev", "eth0")
+        sh("ip", "-n", ns, "route", "flush", "table", "main")
+        sh("ip", "-n", ns, "addr", "add", f"{node['address']}/{prefix}", "dev", "eth0")
+        for tool in ("iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"):
+            if shutil.which(tool, path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")):
+                for table in ("filter", "nat", "mangle", "raw"):
+                    for flag in ("-F", "-X"):
+                        sh("ip", "netns", "exec", ns, tool, "-t", table, flag, check=False)
 
     def node_exec(self, name: str, argv: list[str], check: bool = True) -> subprocess.CompletedProcess:
         """Run a command on a node as its own processes see it (its network, mount and UTS
@@ -425,14 +430,8 @@ class Lab:
     # -- down ---------------------------------------------------------------------------------
     def down(self) -> None:
         state = self.load()
-        for name, pid in state.get("pids", {}).items():
-            _stop_group(pid)
-            # pods the node's kubelet stand-in started run in sessions of their own
-            for pidfile in (self.state_dir / name / "pods").glob("*.pid"):
-                try:
-                    _stop_group(int(pidfile.read_text()), timeout=5)
-                except ValueError:
-                    pass
+        for pid in state.get("pids", {}).values():
+            _stop_group(pid, timeout=30)
         if state.get("real_nodes"):
             # whatever a real node left running (pods, containerd shims) is in the lab's cgroup
             from bmctl.lab import systemd
@@ -469,10 +468,13 @@ class Lab:
         for node in state["nodes"]:
             pid = state["pids"].get(node["name"])
             alive = pid is not None and _alive(pid)
-            pods = sorted(p.stem for p in (self.state_dir / node["name"] / "pods").glob("*.pid")) \
-                if (self.state_dir / node["name"] / "pods").exists() else []
+            units = {}
+            if alive and state.get("real_nodes"):
+                for unit in ("containerd", "kubelet"):
+                    units[unit] = self.node_exec(node["name"], ["systemctl", "is-active", unit],
+                                                 check=False).stdout.strip() or "unknown"
             rows.append({**node, "running": alive, "ssh": alive and self._listening(node["netns"], 22),
-                         "static_pods": pods})
+                         "units": units})
         return rows
 
     def netns_of(self, address: str) -> str:

@@ -1,0 +1,3 @@
+module bmctl.lab/cmd
+
+go 1.24

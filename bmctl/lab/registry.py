@@ -1,0 +1,115 @@
+"""The lab's OCI registry: `crane registry serve` inside a network namespace, and pushes to it.
+
+It serves plain HTTP on IP:5000 of that namespace; blobs live in a folder on disk (`--disk`), so a
+restarted registry still has them and a push of unchanged images only sends manifests. Manifests and
+tags are kept in memory: after a restart, push again (publish in bmctl/lab/release.py does).
+Every process here is started and stopped by pid.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from bmctl.lab import binaries
+
+PORT = 5000
+
+
+def crane() -> str:
+    path = binaries.binary("crane")
+    if not path.exists():
+        binaries.ensure(["crane"])
+    return str(path)
+
+
+def _in(netns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def answers(netns: str, address: str) -> bool:
+    """Whether a registry answers at `address` (IP:PORT) from inside `netns`."""
+    proc = subprocess.run(_in(netns, crane(), "catalog", "--insecure", address), capture_output=True, timeout=10)
+    return proc.returncode == 0
+
+
+def start(netns: str, ip: str, disk_dir: Path, port: int = PORT, log: Path | None = None,
+          timeout: float = 15) -> int:
+    """Start the registry on ip:port inside `netns`, blobs in `disk_dir`; wait until it answers; its pid.
+
+    Its output goes to `log` (default: `disk_dir` + ".log"). It outlives this process: stop it with stop().
+    """
+    disk_dir = Path(disk_dir)
+    disk_dir.mkdir(parents=True, exist_ok=True)
+    log = Path(log or f"{disk_dir}.log")
+    address = f"{ip}:{port}"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(_in(netns, crane(), "registry", "serve", "--address", address, "--disk", str(disk_dir)),
+                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        if not _alive(proc.pid):
+            proc.wait()
+            raise RuntimeError(f"the registry on {address} (netns {netns}) exited: {log.read_text()[-2000:]}")
+        if answers(netns, address):
+            return proc.pid
+        if time.monotonic() > deadline:
+            stop(proc.pid)
+            raise RuntimeError(f"the registry on {address} (netns {netns}) did not answer within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def stop(pid: int, timeout: float = 5) -> None:
+    """Stop the registry started as `pid` (SIGTERM, then SIGKILL); a pid that is no registry is left alone."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return
+    if b"registry\0serve\0" not in cmdline:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + wait
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _alive(pid):
+            break
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+    except ChildProcessError:
+        pass
+
+
+def push(netns: str, address: str, layout: Path, name: str, tag: str) -> str:
+    """Push the OCI layout to address/name:tag (plain HTTP, from inside `netns`); the manifest digest."""
+    proc = subprocess.run(_in(netns, crane(), "push", "--insecure", str(layout), f"{address}/{name}:{tag}"),
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise RuntimeError(f"crane push {name}:{tag} to {address} failed: {proc.stderr.strip()[-2000:]}")
+    return proc.stdout.strip().rsplit("@", 1)[-1]
+
+
+def push_all(netns: str, address: str, built: dict) -> dict[str, str]:
+    """Push every images.Built of `built` (name -> Built); name -> digest, checked against the layout's."""
+    def one(b) -> tuple[str, str]:
+        digest = push(netns, address, b.layout, b.name, b.tag)
+        if digest != b.digest:
+            raise RuntimeError(f"{b.name}:{b.tag}: the registry has {digest}, the layout {b.digest}")
+        return b.name, digest
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return dict(pool.map(one, built.values()))
