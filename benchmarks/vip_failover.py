@@ -5,11 +5,13 @@ Run (root, from the repository):
     python benchmarks/vip_failover.py --reps 10 --soak 120 --advert 0.2
     python benchmarks/vip_failover.py --reps 10 --soak 120 --advert 0.1 0.2 0.5 1   # trade-off table
 
-For each advert interval it builds a 3-node lab (control plane = LB nodes), runs
-`bmctl create cluster --until control-plane-lb`, then, `--reps` times each:
+For each advert interval it builds a lab of 3 real nodes (control plane = LB nodes: containerd,
+kubelet, kubeadm), runs `bmctl create cluster` (real kube-apiservers behind HAProxy), then, `--reps`
+times each:
   link-cut        the master's veth is set down in the bridge namespace
-  keepalived-kill SIGKILL of the master's keepalived (the lab's kubelet stand-in restarts it after 1 s)
-  haproxy-kill    SIGKILL of the master's HAProxy (restarted after 1 s as well)
+  keepalived-kill SIGKILL of the master's Keepalived container (its PID 1; the kubelet restarts it)
+  haproxy-kill    SIGKILL of the master's HAProxy container (its PID 1; the kubelet restarts it)
+  haproxy-hang    SIGSTOP of every process of the master's HAProxy container (SIGCONT after the VIP moved)
 and measures, with a new TLS connection every 20 ms from the client namespace, the time from the
 fault to the first successful GET. It also records when another node holds the VIP. Then both
 cores are saturated (two busy loops) for `--soak` seconds and master changes are counted from the
@@ -78,28 +80,29 @@ def measure(lab, fault, undo=None):
 
 
 def master_changes(lab) -> int:
-    total = 0
-    for node in lab.lb_nodes():
-        log = lab.lab.state_dir / node["name"] / "pods" / "keepalived_keepalived.log"
-        total += log.read_text(errors="replace").count("Entering MASTER STATE")
-    return total
+    return sum(lab.pod_logs(node, "keepalived").count("Entering MASTER STATE") for node in lab.lb_nodes())
+
+
+def hang(lab, node, sig):
+    pid = lab.pod_pid(node, "haproxy")
+    os.killpg(os.getpgid(pid), sig)
 
 
 def run(advert: float, reps: int, soak: float) -> dict:
     lab = LabHarness(Path(tempfile.mkdtemp(prefix="bmctl-bench-")), control_planes=3)
     try:
         lab.up()
-        lab.start_backends()
         docs = list(yaml.safe_load_all(lab.config.read_text()))
         docs[2]["spec"]["loadBalancer"]["vrrp"] = {"advertInterval": advert}
         lab.config.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-        proc = lab.bmctl("create", "cluster", "--until", "control-plane-lb")
+        proc = lab.bmctl("create", "cluster", timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         settle(lab)
         faults = {
             "link-cut": (lambda n: lab.set_link(n, False), lambda n: lab.set_link(n, True)),
             "keepalived-kill": (lambda n: os.kill(lab.pod_pid(n, "keepalived"), signal.SIGKILL), None),
             "haproxy-kill": (lambda n: os.kill(lab.pod_pid(n, "haproxy"), signal.SIGKILL), None),
+            "haproxy-hang": (lambda n: hang(lab, n, signal.SIGSTOP), lambda n: hang(lab, n, signal.SIGCONT)),
         }
         result = {"advert_int": advert, "faults": {}}
         for name, (fault, undo) in faults.items():
@@ -153,12 +156,13 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     (out / "vip_failover.json").write_text(json.dumps(results, indent=2))
     print("\n| advert_int | link cut: first success (median / max) | keepalived killed | haproxy killed "
-          "| soak: master changes |")
-    print("|---|---|---|---|---|")
+          "| haproxy hung | soak: master changes |")
+    print("|---|---|---|---|---|---|")
     for r in results:
         f = r["faults"]
         print(f"| {r['advert_int']:g} s | {summary(f['link-cut']['first_success_s'])} | "
               f"{summary(f['keepalived-kill']['first_success_s'])} | {summary(f['haproxy-kill']['first_success_s'])} "
+              f"| {summary(f['haproxy-hang']['first_success_s'])} "
               f"| {r['soak']['master_changes']} in {r['soak']['seconds']:g} s |")
 
 

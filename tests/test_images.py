@@ -26,12 +26,14 @@ import pytest
 import yaml
 
 from conftest import require, require_root, require_tool
-from test_render import netns_with_eth0, node_dirs, rendered  # noqa: F401 (fixtures)
+from test_render import keepalived_dirs, netns_with_eth0, node_dirs, rendered  # noqa: F401 (fixtures)
 
 from bmctl.lab import binaries, images, registry, release
+from bmctl.lab.net import pick
 
-# A documentation range that is not this machine's own network (192.0.2.0/24 can be: see FINDINGS).
-REGISTRY_NET = "203.0.113"
+# A documentation range that collides with none of this machine's addresses and routes (its own
+# network can be one: see bmctl/lab/net.py).
+REGISTRY_NET = pick().segment.rsplit(".", 1)[0]
 
 
 @pytest.fixture(scope="module")
@@ -214,21 +216,11 @@ def test_keepalived_image_accepts_every_config(rendered, netns_with_eth0, roots,
     """`keepalived -t` of the image's own keepalived (Debian 2.2.7) on every rendered config: it knows
     every keyword bmctl writes (max_auto_priority, check_unicast_src...), and the track script passes
     its script-security checks inside the image."""
-    out, plan = rendered
-    modes = {f["dry_run_copy"]: int(f["mode"], 8) for ph in plan for st in ph["steps"] for f in st["files"]}
     root = roots("keepalived")
     version = chroot(root, "keepalived", "--version")
     assert "Keepalived v2.2.7" in version.stdout + version.stderr
     checked = 0
-    for node in node_dirs(out):
-        conf_dir = node / "etc" / "keepalived"
-        if not conf_dir.exists():
-            continue
-        target = tmp_path / node.name
-        shutil.copytree(conf_dir, target)
-        os.chmod(target, 0o755)
-        for f in target.iterdir():
-            os.chmod(f, modes[str((conf_dir / f.name).relative_to(out))])
+    for node, target in keepalived_dirs(rendered, tmp_path):
         proc = subprocess.run(
             ["ip", "netns", "exec", netns_with_eth0, "unshare", "-m", "--propagation", "private", "sh", "-c",
              'mount --bind "$1" "$2/etc/keepalived" && mount -t proc proc "$2/proc" && mount --rbind /dev "$2/dev" '
@@ -331,7 +323,7 @@ def test_layouts_are_reproducible(tmp_path):
 
 @pytest.fixture(scope="module")
 def lab_registry(built, netns, tmp_path_factory):
-    """The registry at 203.0.113.3:5000 in the throwaway namespace, every image pushed by publish()."""
+    """The registry at A.3:5000 (a free documentation /24) in the throwaway namespace, every image pushed by publish()."""
     ip = f"{REGISTRY_NET}.3"
     for argv in (["link", "add", "reg0", "type", "veth", "peer", "name", "reg0p"],
                  ["addr", "add", f"{ip}/24", "dev", "reg0"], ["link", "set", "reg0p", "up"], ["link", "set", "reg0", "up"]):

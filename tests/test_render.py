@@ -60,22 +60,28 @@ def netns_with_eth0():
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
-def test_keepalived_accepts_every_config(rendered, netns_with_eth0, tmp_path):
-    keepalived = require_tool("keepalived")
+def keepalived_dirs(rendered, tmp_path: Path):
+    """Each LB node's rendered /etc/keepalived, materialized as the node would have it (modes from
+    the plan), for a test to bind-mount at /etc/keepalived: (node folder, copy)."""
     out, plan = rendered
     modes = {f["dry_run_copy"]: int(f["mode"], 8) for ph in plan for st in ph["steps"] for f in st["files"]}
-    checked = 0
     for node in node_dirs(out):
         conf_dir = node / "etc" / "keepalived"
         if not conf_dir.exists():
             continue
-        # Materialize /etc/keepalived as the node would have it (modes from the plan), then
-        # bind-mount it there in a private mount namespace: the track script must exist.
         target = tmp_path / node.name
         shutil.copytree(conf_dir, target)
         os.chmod(target, 0o755)
         for f in target.iterdir():
             os.chmod(f, modes[str((conf_dir / f.name).relative_to(out))])
+        yield node, target
+
+
+def test_keepalived_accepts_every_config(rendered, netns_with_eth0, tmp_path):
+    keepalived = require_tool("keepalived")
+    checked = 0
+    for node, target in keepalived_dirs(rendered, tmp_path):
+        # bind-mounted at /etc/keepalived in a private mount namespace: the track script must exist
         proc = subprocess.run(
             ["ip", "netns", "exec", netns_with_eth0, "unshare", "-m", "sh", "-c",
              'mount --bind "$1" /etc/keepalived && exec "$2" -t -f /etc/keepalived/keepalived.conf',

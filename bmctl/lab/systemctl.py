@@ -6,7 +6,7 @@ import json
 import socket
 import sys
 
-from bmctl.lab.systemd import SOCKET
+from bmctl.lab.systemd import SOCKET, read_message
 
 
 def main(argv: list[str]) -> int:
@@ -19,13 +19,7 @@ def main(argv: list[str]) -> int:
         return 1
     with sock:
         sock.sendall(json.dumps(argv).encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    answer = json.loads(data)
+        answer = read_message(sock)
     sys.stdout.write(answer["out"])
     return answer["rc"]
 

@@ -366,17 +366,22 @@ class Supervisor:
 
     def _answer(self, conn: socket.socket) -> None:
         with conn:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = conn.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
             try:
-                rc, text = self.command(json.loads(data))
+                rc, text = self.command(read_message(conn))
             except Exception as exc:  # the shim prints it; the supervisor keeps running
                 rc, text = 1, f"systemctl (bmctl lab): {exc}\n"
             conn.sendall(json.dumps({"rc": rc, "out": text}).encode() + b"\n")
+
+
+def read_message(sock: socket.socket):
+    """One JSON message, newline-terminated (the shim's request, the supervisor's answer)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data)
 
 
 # -- cgroup helpers (v1 hierarchies as mounted in the node; also the unified one) ---------------

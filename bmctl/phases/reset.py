@@ -11,13 +11,15 @@ from bmctl.phases.kubeadm import KUBEADM_STATE_FILES
 from bmctl.phases.network import flannel_leftovers, node_cleanup_argv
 from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
-from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, LB_NODE_PATHS, status_file
+from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, LB_NODE_PATHS, MANIFEST_DIR, status_file
 from bmctl.render.kubeadm import KUBEADM_CONFIG
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 
 LB_FILES = [*LB_NODE_PATHS, status_file("haproxy"), status_file("keepalived"), BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG]
 NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE, *KUBEADM_STATE_FILES]
 STOP_SECONDS = 60
+KEEPALIVED_STOP_SECONDS = 15
+KEEPALIVED_MANIFEST = f"{MANIFEST_DIR}/keepalived.yaml"
 
 
 def _listening(host: Host, ports: list[int]) -> list[int]:
@@ -58,9 +60,17 @@ class Reset(Phase):
         vip = ctx.config.lb.vips.controlPlaneVIP
 
         def reset(host: Host) -> None:
+            lb = ctx.config.bundled and host.address in {n.address for n in ctx.config.lb_nodes}
+            if lb:  # Keepalived first, stopped by the kubelet (SIGTERM): it hands the VIP over and removes it
+                remove_files(host, [KEEPALIVED_MANIFEST])
+                deadline = time.monotonic() + KEEPALIVED_STOP_SECONDS
+                while _holds_vip(host, vip) and time.monotonic() < deadline:
+                    time.sleep(0.5)
             has_kubeadm = host.run(["sh", "-c", "command -v kubeadm"], step="find kubeadm", check=False).rc == 0
             if has_kubeadm:
                 host.run(["kubeadm", "reset", "-f"], step="kubeadm reset", timeout=300)
+            if lb:  # a Keepalived that was killed (no kubelet to stop it) leaves the address behind
+                _drop_vip(host, vip)
             remove_files(host, self._files(ctx, host.address))
             if has_kubeadm:  # the LB bootstrap drop-in may be gone: systemd forgets it
                 host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload", check=False)
@@ -69,8 +79,7 @@ class Reset(Phase):
             deadline = time.monotonic() + STOP_SECONDS
             while True:
                 left = _listening(host, ports)
-                addrs = host.run(["ip", "-o", "addr", "show"], step="read addresses", sudo=False).stdout
-                vip_here = f" {vip}/" in addrs
+                vip_here = _holds_vip(host, vip)
                 if not left and not vip_here:
                     break
                 if time.monotonic() > deadline:
@@ -81,6 +90,22 @@ class Reset(Phase):
                               "bmctl files removed, nothing left listening")
 
         ctx.inventory.parallel([n.address for n in ctx.config.all_nodes], reset)
+
+
+def _vip_lines(host: Host, vip: str) -> list[list[str]]:
+    out = host.run(["ip", "-o", "addr", "show"], step="read addresses", sudo=False).stdout
+    return [line.split() for line in out.splitlines() if f" {vip}/" in line]
+
+
+def _holds_vip(host: Host, vip: str) -> bool:
+    return bool(_vip_lines(host, vip))
+
+
+def _drop_vip(host: Host, vip: str) -> None:
+    """Remove the VIP from this node's interfaces (`ip -o addr` lines: N: IFACE inet VIP/PREFIX ...)."""
+    for fields in _vip_lines(host, vip):
+        address = next(f for f in fields if f.startswith(f"{vip}/"))
+        host.run(["ip", "addr", "del", address, "dev", fields[1]], step="remove the VIP", check=False)
 
 
 def raise_stuck(host: Host, what: str) -> None:

@@ -208,6 +208,19 @@ class LabHarness:
         return self.lab.node_exec(node["name"], ["crictl", "--runtime-endpoint", "unix:///run/containerd/containerd.sock",
                                                  *args]).stdout
 
+    def container(self, node: dict, pod: str) -> str:
+        """The id of the running container of that name on the node."""
+        ids = self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running").split()
+        assert len(ids) == 1, f"{pod} on {node['name']}: running containers {ids}"
+        return ids[0]
+
+    def pod_logs(self, node: dict, pod: str) -> str:
+        """What the running container of that name wrote (stdout and stderr)."""
+        proc = self.lab.node_exec(node["name"], ["crictl", "--runtime-endpoint",
+                                                 "unix:///run/containerd/containerd.sock", "logs",
+                                                 self.container(node, pod)])
+        return proc.stdout + proc.stderr
+
     def running(self, node: dict, pod: str) -> bool:
         """Whether a container of that name runs on the node."""
         return bool(self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running").split())
@@ -216,9 +229,8 @@ class LabHarness:
         """The pid (as this machine sees it) of the main process of a static pod's running container."""
         if not self.real_nodes:
             return int((self.lab.state_dir / node["name"] / "pods" / f"{pod}_{pod}.pid").read_text())
-        ids = self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running").split()
-        assert len(ids) == 1, f"{pod} on {node['name']}: running containers {ids}"
-        return int(self.crictl(node, "inspect", "-o", "go-template", "--template", "{{.info.pid}}", ids[0]))
+        return int(self.crictl(node, "inspect", "-o", "go-template", "--template", "{{.info.pid}}",
+                               self.container(node, pod)))
 
     def reboot(self, node: dict) -> None:
         self.lab.reboot(node["name"])
