@@ -82,7 +82,7 @@ def demo(workspace: Path | None, concurrency: int) -> None:
                 "spec": {"type": "LoadBalancer", "selector": labels, "ports": [{"port": 80, "targetPort": 8080}]}})
 
     def external_ip():
-        svc = kube.core.read_namespaced_service("web", DEMO_NAMESPACE)
+        svc = kube.core().read_namespaced_service("web", DEMO_NAMESPACE)
         ingress = (svc.status.load_balancer.ingress or []) if svc.status.load_balancer else []
         return ingress[0].ip if ingress else None
     ip = wait("an EXTERNAL-IP for Service bmctl-demo/web", external_ip, 60)
