@@ -238,8 +238,8 @@ def test_speaker_rbac_covers_what_v0_15_2_watches_cluster_wide():
      ("ConfigMap", "metallb-excludel2")),
     (lambda o: o[("Role", "pod-lister")]["metadata"]["labels"].update({"app.kubernetes.io/managed-by": "helm"}),
      ("Role", "pod-lister")),
-    (lambda o: o[("DaemonSet", "speaker")]["spec"]["template"]["spec"]["containers"][0]["env"][-1]["valueFrom"]
-     ["fieldRef"].update(fieldPath="spec.nodeName"), ("DaemonSet", "speaker")),
+    (lambda o: o[("DaemonSet", "speaker")]["spec"]["template"]["spec"]["containers"][0]["args"].__setitem__(
+        -1, "--ignore-exclude-lb=false"), ("DaemonSet", "speaker")),
 ], ids=["probe-period", "arg-changed", "env-added", "rule-removed", "schema-trimmed", "crd-missing", "crd-added",
         "label-added", "deviation-value-changed", "appended-item-changed"])
 def test_any_other_difference_is_reported(pinned_images, mutate, where):

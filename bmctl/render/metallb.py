@@ -75,8 +75,6 @@ _SPEAKER = ("spec", "template", "spec", "containers", "[speaker]")
 _NO_WEBHOOKS = ("webhooks are off (controller --webhook-mode=disabled): bmctl validates the pools itself "
                 "before they reach the cluster, so nothing serves or needs this")
 _IMAGE_LIST = "images come from the cluster's release (bmctl/release), so a release or the lab pins its own"
-_SA_NAMESPACE = ("the lab's kubelet stand-in mounts no ServiceAccount files, where the binary otherwise reads its "
-                 "namespace; same value; drop it when the stand-in goes (issue 12)")
 
 DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("ValidatingWebhookConfiguration", "metallb-webhook-configuration", "drop", _NO_WEBHOOKS),
@@ -100,10 +98,6 @@ DEVIATIONS: tuple[Deviation, ...] = (
               "kubeadm labels control-plane nodes node.kubernetes.io/exclude-from-external-load-balancers; where "
               "they are the LB nodes, speakers would otherwise announce nothing (placement is the lbnode label)",
               (*_SPEAKER, "args"), "--ignore-exclude-lb"),
-    Deviation("Deployment", "controller", "append", _SA_NAMESPACE, (*_CONTROLLER, "env"),
-              {"name": "METALLB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
-    Deviation("DaemonSet", "speaker", "append", _SA_NAMESPACE, (*_SPEAKER, "env"),
-              {"name": "METALLB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}),
     Deviation("*", None, "set", "marks what bmctl manages", ("metadata", "labels", "app.kubernetes.io/managed-by"),
               "bmctl"),
     Deviation("Secret", "memberlist", "add",
