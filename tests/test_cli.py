@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import base_docs, dump
+from conftest import REPO, base_docs, dump
 
 SUBCOMMANDS = [[], ["create"], ["check"], ["create", "config"], ["create", "cluster"], ["check", "config"],
                ["check", "preflight"], ["update"], ["update", "loadbalancer"], ["reset", "cluster"], ["lab", "up"], ["lab", "down"], ["lab", "status"]]
@@ -205,3 +205,28 @@ def test_console_never_rewrites_user_text(tmp_path):
         assert f"{path}:100:" in err and f"{path}:1234:" in err, err
         assert "💯" not in err and "😄" not in err
         assert "'[bold]pool:100:[/bold]'" in err and "'Bad:smile:User'" in err
+
+
+def test_a_keepalived_image_too_old_for_bmctl_s_config_is_named(tmp_path):
+    """bmctl's own release still names osixia/keepalived:2.0.20 (no maintained upstream image has
+    Keepalived 2.1+): create cluster says so, with the fix; a release file with a newer one is quiet."""
+    import yaml as _yaml
+    from bmctl import release
+    example = REPO / "cluster-examples" / "ha-control-plane.yaml"
+    proc = subprocess.run([sys.executable, "-m", "bmctl", "create", "cluster", "-c", str(example), "--dry-run",
+                           "--workspace", str(tmp_path / "ws")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "keepalived image of bmctl's release v1.34.2 (docker.io/osixia/keepalived:2.0.20)" in proc.stderr
+    assert "check_unicast_src" in proc.stderr and "releaseFile" in proc.stderr
+    good = dict(release.default().images, keepalived="registry.example/keepalived:2.2.7")
+    (tmp_path / "release.yaml").write_text(_yaml.safe_dump({"kubernetes": "v1.34.2", "images": good}))
+    docs = list(_yaml.safe_load_all(example.read_text()))
+    docs[0]["releaseFile"] = "release.yaml"
+    (tmp_path / "c.yaml").write_text(_yaml.safe_dump_all(docs))
+    proc = subprocess.run([sys.executable, "-m", "bmctl", "create", "cluster", "-c", str(tmp_path / "c.yaml"),
+                           "--dry-run", "--workspace", str(tmp_path / "ws2")], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "keepalived image" not in proc.stderr
+    keepalived = next((tmp_path / "ws2").glob("*/dry-run/*/etc/kubernetes/manifests/keepalived.yaml"))
+    assert "registry.example/keepalived:2.2.7" in keepalived.read_text()

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from bmctl import runlog
 from bmctl.config import ClusterConfig, load_config, resolve_path
+from bmctl.config.problems import Problem
 from bmctl.errors import BmctlError
 from bmctl.host import AccessOptions, Inventory
 from bmctl.host.lock import ClusterLock
@@ -27,8 +28,21 @@ def load(target: str, workspace: Path | None) -> tuple[ClusterConfig, Workspace]
     root = workspace or Workspace(target).root
     path = resolve_path(target, root)
     config = load_config(path, target if path.name == f"{target}.yaml" else None)
-    print_problems(list(config.warnings))
+    print_problems(list(config.warnings) + release_warnings(config))
     return config, Workspace(config.name, root)
+
+
+def release_warnings(config: ClusterConfig) -> list[Problem]:
+    """The release's images known to fall short of what this config needs (today: Keepalived)."""
+    from bmctl import release
+    if not config.bundled:
+        return []
+    found = release.of(config)
+    return [Problem("header.releaseFile", f"the {name} image of {found.source} ({found.image(name)}): {why}",
+                    "name a release file (header releaseFile) whose keepalived image has Keepalived 2.1 or later, "
+                    "e.g. one built from Debian 12's keepalived 2.2.7 as `python -m bmctl.lab.images` does",
+                    config.path, severity="warning")
+            for name, why in release.shortcomings(found) if name == "keepalived"]
 
 
 def _env_seconds(name: str, default: float) -> float:

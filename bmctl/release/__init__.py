@@ -21,6 +21,12 @@ DEFAULT_VERSION = "v1.34.2"
 # Every image a release names (bmctl checks a release file has each one).
 IMAGES = ("pause", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns",
           "flannel", "flannel-cni-plugin", "metallb-controller", "metallb-speaker", "haproxy", "keepalived")
+# Images known to lack what bmctl's files need: reference -> why (warned about by create cluster).
+KNOWN_SHORT = {
+    "docker.io/osixia/keepalived:2.0.20": "its Keepalived 2.0.20 does not know max_auto_priority and the per-instance "
+    "check_unicast_src that bmctl writes (both 2.1+): it logs \"Unknown keyword\" and runs without them, so "
+    "unicast adverts are accepted from any source",
+}
 _REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9.:_/-]*?)/(?P<name>[a-z0-9._-]+):(?P<tag>[\w][\w.-]{0,127})"
                   r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 
@@ -50,6 +56,12 @@ class Release:
         name (`etcd`, `coredns`) to the repository itself."""
         repo, _, tag, digest = self.parts(name)
         return repo, tag + (f"@{digest}" if digest else "")
+
+
+def shortcomings(release: Release) -> list[tuple[str, str]]:
+    """(image name, why) for each image of the release known to fall short."""
+    return [(name, KNOWN_SHORT[ref.split("@")[0]]) for name, ref in release.images.items()
+            if ref.split("@")[0] in KNOWN_SHORT]
 
 
 def _check(data: object, source: str) -> Release:
