@@ -216,7 +216,8 @@ def test_rolling_update_with_zero_failures_on_the_api_vip(lab, cluster):
     assert "Address pools to add" in out and "Load-balancer nodes to add" in out and f"remove backend " \
         f"{dropped['address']}:6444" in out
     # one node at a time, the VRRP master last among the kept nodes, the new node after it
-    order = [m.group(1) for m in re.finditer(r"(192\.0\.2\.\d+)\s+(?:backup|VRRP master|new node):", out)]
+    segment = re.escape(NET.ip(0).rsplit(".", 1)[0])
+    order = [m.group(1) for m in re.finditer(rf"({segment}\.\d+)\s+(?:backup|VRRP master|new node):", out)]
     assert order[-2:] == [master, spare["address"]], order
     assert lab.vip_holders() == [master]  # the VIP never moved
     # the new node: joined, labelled, a speaker, a running keepalived + haproxy
