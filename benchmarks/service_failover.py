@@ -72,10 +72,11 @@ def neigh_mac(lab, ip: str) -> str | None:
     return out.split("lladdr")[1].split()[0] if "lladdr" in out else None
 
 
-def failed_at(lab, node: dict, dead: str, after: datetime.datetime) -> float | None:
-    """When the speaker on `node` logged memberlist declaring `dead` failed (seconds after `after`)."""
+def logged_at(lab, node: dict, dead: str, after: datetime.datetime, pattern: str) -> float | None:
+    """When the speaker on `node` first logged a line about `dead` matching `pattern` (memberlist's
+    suspicion, its verdict), in seconds after `after`."""
     for line in lab.pod_logs(node, "speaker").splitlines():
-        if dead not in line or not re.search(r"fail|suspect|left", line, re.I):
+        if dead not in line or not re.search(pattern, line, re.I):
             continue
         m = re.search(r'"ts":"([^"]+)"', line)
         if not m:
@@ -130,8 +131,10 @@ def main() -> None:
                 done.set()
                 watcher.join()
                 lab.set_link(node, up=True)
-            detect = failed_at(lab, other, node["name"], wall0)
-            rounds.append({"cut": node["name"], "first_success_s": ok, "memberlist_failed_s": detect,
+            rounds.append({"cut": node["name"], "first_success_s": ok,
+                           "memberlist_suspect_s": logged_at(lab, other, node["name"], wall0, r"suspect"),
+                           "memberlist_failed_s": logged_at(lab, other, node["name"], wall0,
+                                                            r"marking .* as failed|node.*(failed|left)"),
                            "arp_moved_s": arp[0] if arp else None})
             print(f"rep {i + 1}: {rounds[-1]}", flush=True)
             time.sleep(15)  # the cut node rejoins memberlist before the next round
@@ -146,7 +149,7 @@ def main() -> None:
     (out / "service_failover.json").write_text(json.dumps(result, indent=2))
     print(f"Service IP failover after a link cut: median {statistics.median(times):.2f} s, "
           f"max {max(times):.2f} s over {len(times)} runs")
-    for key in ("memberlist_failed_s", "arp_moved_s"):
+    for key in ("memberlist_suspect_s", "memberlist_failed_s", "arp_moved_s"):
         got = [r[key] for r in rounds if r[key] is not None]
         if got:
             print(f"  {key}: median {statistics.median(got):.2f} s ({len(got)} of {len(rounds)} seen)")

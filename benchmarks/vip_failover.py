@@ -46,7 +46,7 @@ def one_holder(lab):
 
 
 def settle(lab):
-    wait_for(lambda: one_holder(lab) and lab.request(timeout=0.5) is not None, 30, "a settled VIP", 0.05)
+    wait_for(lambda: one_holder(lab) and lab.request(timeout=0.5, path="/readyz") is not None, 30, "a settled VIP", 0.05)
     time.sleep(1.0)
 
 
@@ -68,7 +68,7 @@ def measure(lab, fault, undo=None):
     watcher.start()
     ok = None
     while time.monotonic() - t0 < 20:
-        if lab.request(timeout=0.2) is not None:
+        if lab.request(timeout=0.2, path="/readyz") is not None:
             ok = time.monotonic() - t0
             break
         time.sleep(0.02)
@@ -120,7 +120,7 @@ def run(advert: float, reps: int, soak: float) -> dict:
             fails = 0
             end = time.monotonic() + soak
             while time.monotonic() < end:
-                if lab.request(timeout=1.0) is None:
+                if lab.request(timeout=1.0, path="/readyz") is None:
                     fails += 1
                 time.sleep(0.2)
         finally:
