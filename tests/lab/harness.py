@@ -204,9 +204,11 @@ class LabHarness:
             time.sleep(0.02)
         raise AssertionError(f"no successful request through the VIP within {timeout} s")
 
-    def crictl(self, node: dict, *args: str) -> str:
-        return self.lab.node_exec(node["name"], ["crictl", "--runtime-endpoint", "unix:///run/containerd/containerd.sock",
-                                                 *args]).stdout
+    def crictl(self, node: dict, *args: str, check: bool = True) -> str:
+        """crictl on the node; with check=False, "" when it fails (e.g. containerd still starting)."""
+        proc = self.lab.node_exec(node["name"], ["crictl", "--runtime-endpoint",
+                                                 "unix:///run/containerd/containerd.sock", *args], check=check)
+        return proc.stdout if proc.returncode == 0 else ""
 
     def container(self, node: dict, pod: str) -> str:
         """The id of the running container of that name on the node."""
@@ -222,8 +224,8 @@ class LabHarness:
         return proc.stdout + proc.stderr
 
     def running(self, node: dict, pod: str) -> bool:
-        """Whether a container of that name runs on the node."""
-        return bool(self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running").split())
+        """Whether a container of that name runs on the node (not while its containerd starts)."""
+        return bool(self.crictl(node, "ps", "-q", "--name", f"^{pod}$", "--state", "Running", check=False).split())
 
     def pod_pid(self, node: dict, pod: str) -> int:
         """The pid (as this machine sees it) of the main process of a static pod's running container."""
