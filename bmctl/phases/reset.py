@@ -7,6 +7,7 @@ from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT
 from bmctl.host import Host
 from bmctl.host.files import remove_files
 from bmctl.phases.base import Context, Phase, Step
+from bmctl.phases.controlplane_lb import _holds
 from bmctl.phases.kubeadm import KUBEADM_STATE_FILES
 from bmctl.phases.network import flannel_leftovers, node_cleanup_argv
 from bmctl.phases.preflight import _listeners
@@ -64,7 +65,7 @@ class Reset(Phase):
             if lb:  # Keepalived first, stopped by the kubelet (SIGTERM): it hands the VIP over and removes it
                 remove_files(host, [KEEPALIVED_MANIFEST])
                 deadline = time.monotonic() + KEEPALIVED_STOP_SECONDS
-                while _holds_vip(host, vip) and time.monotonic() < deadline:
+                while _holds(host, vip) and time.monotonic() < deadline:
                     time.sleep(0.5)
             has_kubeadm = host.run(["sh", "-c", "command -v kubeadm"], step="find kubeadm", check=False).rc == 0
             if has_kubeadm:
@@ -79,7 +80,7 @@ class Reset(Phase):
             deadline = time.monotonic() + STOP_SECONDS
             while True:
                 left = _listening(host, ports)
-                vip_here = _holds_vip(host, vip)
+                vip_here = _holds(host, vip)
                 if not left and not vip_here:
                     break
                 if time.monotonic() > deadline:
@@ -95,10 +96,6 @@ class Reset(Phase):
 def _vip_lines(host: Host, vip: str) -> list[list[str]]:
     out = host.run(["ip", "-o", "addr", "show"], step="read addresses", sudo=False).stdout
     return [line.split() for line in out.splitlines() if f" {vip}/" in line]
-
-
-def _holds_vip(host: Host, vip: str) -> bool:
-    return bool(_vip_lines(host, vip))
 
 
 def _drop_vip(host: Host, vip: str) -> None:
