@@ -110,11 +110,15 @@ def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = Works
 def reset_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
                   force: bool = typer.Option(False, "--force", help="Do not ask for confirmation."),
                   dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be removed; touch no machine."),
-                  accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
-    """Undo on every node what create did (kubeadm reset, static pods, configs); asks first."""
+                  accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt,
+                  purge: bool = typer.Option(False, "--purge", help="Also remove the node software bmctl installed "
+                                             "(containerd, runc, CNI plugins, crictl, kubelet, kubeadm, kubectl) "
+                                             "with its units and containerd's configuration.")) -> None:
+    """Undo on every node what create did (kubeadm reset, static pods, configs); asks first. The node
+    software stays installed unless --purge."""
     from bmctl.commands import cluster as cluster_cmd
 
-    cluster_cmd.reset_cluster(cluster, workspace, force, dry_run, accept_new_host_keys, concurrency)
+    cluster_cmd.reset_cluster(cluster, workspace, force, dry_run, accept_new_host_keys, concurrency, purge)
 
 
 @update_app.command("loadbalancer")
@@ -129,6 +133,30 @@ def update_loadbalancer(cluster: str = ClusterOpt, workspace: Optional[Path] = W
     from bmctl.commands import update as update_cmd
 
     update_cmd.update_loadbalancer(cluster, workspace, yes, dry_run, accept_new_host_keys, concurrency)
+
+
+push_app = typer.Typer(help="Push images into a registry.", no_args_is_help=True)
+app.add_typer(push_app, name="push")
+
+
+@push_app.command("images")
+def push_images(source: Path = typer.Option(..., "--source", help="The bundle (`bmctl bundle build`) or an OCI "
+                                            "image layout folder."),
+                private_registry: str = typer.Option(..., "--private-registry", help="HOST:PORT[/NAMESPACE] of the "
+                                                     "registry (HTTPS; http://HOST:PORT for a plain-HTTP one)."),
+                cacert: Optional[Path] = typer.Option(None, "--cacert", help="PEM file of the CA that signed the "
+                                                      "registry's certificate (besides the system CAs)."),
+                need_credential: bool = typer.Option(False, "--need-credential", help="Ask for the registry's "
+                                                     "username and password."),
+                credential_file: Optional[Path] = typer.Option(None, "--credential-file", help="A Docker config.json "
+                                                               "with the registry's credentials (auths.HOST:PORT), "
+                                                               "the format of pullCredentialConfigPath.")) -> None:
+    """Push every image of a bundle into a private registry, each under its path without the source
+    registry (registry.k8s.io/pause:3.10.1 -> HOST:PORT[/NAMESPACE]/pause:3.10.1); blobs the registry
+    has are not sent again. Point the config's registryMirrors at it."""
+    from bmctl.commands import images as images_cmd
+
+    images_cmd.push_images(source, private_registry, cacert, credential_file, need_credential)
 
 
 @lab_app.command("up")

@@ -1,6 +1,7 @@
 """Every validation rule: a bad config, and an error naming the field, file, line and fix."""
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -207,8 +208,29 @@ CASES = {
     "google edge profile": (_set((2, "spec", "profile"), "edge"), "spec.profile", "Google bmctl's `profile: edge`"),
     "google multus": (_set((2, "spec", "clusterNetwork", "multipleNetworkInterfaces"), True),
                       "spec.clusterNetwork.multipleNetworkInterfaces", "Google bmctl's multiple network interfaces"),
-    "google proxy": (_set((2, "spec", "proxy"), {"url": "http://proxy.example.com:3128"}), "spec.proxy",
-                     "Google bmctl's `proxy`"),
+    # node software: bundle, registries, proxy
+    "proxy not a URL": (_set((2, "spec", "proxy"), {"url": "proxy.example.com:3128"}), "spec.proxy.url",
+                        "not an http:// or https:// proxy URL"),
+    "proxy bad noProxy": (_set((2, "spec", "proxy"), {"url": "http://proxy.example.com:3128",
+                                                      "noProxy": ["a.example.com, b.example.com"]}),
+                          "spec.proxy.noProxy[0]", "not a host, domain or CIDR"),
+    "bundle missing": (_set((0, "bundlePath"), "no-such-bundle.tar"), "bundlePath", "no bundle at"),
+    "mirror bad scheme": (_set((0, "registryMirrors"), [{"endpoint": "ftp://10.0.0.5:5000"}]),
+                          "registryMirrors[0].endpoint", "has scheme 'ftp'"),
+    "mirror namespace without v2": (_set((0, "registryMirrors"), [{"endpoint": "10.0.0.5:5000/team"}]),
+                                    "registryMirrors[0].endpoint", "/v2/NAMESPACE"),
+    "mirror CA missing": (_set((0, "registryMirrors"), [{"endpoint": "10.0.0.5:5000", "caCertPath": "nope.crt"}]),
+                          "registryMirrors[0].caCertPath", "no file at 'nope.crt'"),
+    "mirror CA over http": (_set((0, "registryMirrors"), [{"endpoint": "http://10.0.0.5:5000",
+                                                           "caCertPath": "/dev/null"}]),
+                            "registryMirrors[0].caCertPath", "plain-HTTP"),
+    "mirror host twice": (_set((0, "registryMirrors"), [{"endpoint": "10.0.0.5:5000", "hosts": ["quay.io"]},
+                                                        {"endpoint": "10.0.0.6:5000", "hosts": ["quay.io"]}]),
+                          "registryMirrors[1].hosts[0]", "mirrored by registryMirrors[0] already"),
+    "mirror bad host": (_set((0, "registryMirrors"), [{"endpoint": "10.0.0.5:5000", "hosts": ["quay io"]}]),
+                        "registryMirrors[0].hosts[0]", "not a registry host"),
+    "private registry bad host": (_set((2, "spec", "nodeConfig"), {"privateRegistries": [{"host": "a b"}]}),
+                                  "spec.nodeConfig.privateRegistries[0].host", "not a registry host"),
     "nodepool cluster name": (_set((3, "spec", "clusterName"), "other"), "NodePool 'workers': spec.clusterName",
                               "names cluster 'other'"),
     "unknown kind": (_set((3, "kind"), "MachinePool"), "kind", "unknown kind"),
@@ -419,3 +441,38 @@ def test_overlap_in_huge_pools_found(tmp_path):
     _, problems = problems_for(docs, tmp_path)
     assert any(p.path == "spec.loadBalancer.addressPools[3].addresses[0]" and "overlaps" in p.message
                for p in problems)
+
+
+def _docker_config(tmp_path, auths):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"auths": auths}))
+    return path
+
+
+def test_mirror_credentials_must_name_the_endpoint(tmp_path):
+    import base64
+    docs = base_docs()
+    creds = _docker_config(tmp_path, {"other:5000": {"auth": base64.b64encode(b"u:p").decode()}})
+    docs[0]["registryMirrors"] = [{"endpoint": "10.0.0.5:5000", "pullCredentialConfigPath": str(creds)}]
+    _, problems = problems_for(docs, tmp_path)
+    text = "\n".join(p.render() for p in problems)
+    assert "registryMirrors[0].pullCredentialConfigPath" in text and "no credential for 10.0.0.5:5000" in text
+    assert "u:p" not in text
+
+
+def test_mirrors_proxy_and_private_registries_load(tmp_path):
+    import base64
+    docs = base_docs()
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
+    creds = _docker_config(tmp_path, {"https://10.0.0.5:5000": {"auth": base64.b64encode(b"puller:s3cret").decode()}})
+    docs[0]["registryMirrors"] = [{"endpoint": "https://10.0.0.5:5000/v2/team", "caCertPath": "ca.crt",
+                                   "pullCredentialConfigPath": "config.json",
+                                   "hosts": ["registry.k8s.io", "quay.io"]}]
+    docs[2]["spec"]["proxy"] = {"url": "http://proxy.example.com:3128", "noProxy": [".corp.example.com"]}
+    docs[2]["spec"]["nodeConfig"] = {"privateRegistries": [{"host": "10.0.0.5:5000", "caCertPath": str(ca)}]}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(dump(docs))
+    config = load_config(path)
+    assert config.header.registryMirrors[0].hosts == ["registry.k8s.io", "quay.io"]
+    assert config.spec.proxy.url == "http://proxy.example.com:3128"

@@ -45,6 +45,18 @@ def release_warnings(config: ClusterConfig) -> list[Problem]:
             for name, why in release.shortcomings(found) if name == "keepalived"]
 
 
+def open_bundle(config: ClusterConfig, verify: bool, say=None):
+    """The bundle the header names (None without one); `verify` checks every member's sha256."""
+    if not config.header.bundlePath:
+        return None
+    from bmctl.config.model import workstation_path
+    from bmctl.release.bundle import Bundle
+    bundle = Bundle.open(workstation_path(config.header.bundlePath, os.path.dirname(os.path.abspath(config.path))))
+    if verify:
+        bundle.verify(say or (lambda m: None))
+    return bundle
+
+
 def _env_seconds(name: str, default: float) -> float:
     value = os.environ.get(name)
     if value is None:
@@ -83,7 +95,7 @@ def dry_run_phases(config: ClusterConfig, ws: Workspace, phases: list[Phase], op
     """Render every phase's plan under bmctl-workspace/NAME/dry-run/ and print it; touch no machine."""
     facts = {**(extra_facts or {}), **assumed_facts(config)}
     ctx = Context(config=config, secrets=ClusterSecrets.redacted(), facts=facts, dry_run=True,
-                  options=dict(options or {}))
+                  options=dict(options or {}), bundle=open_bundle(config, verify=False))
     planned = plan(phases, ctx)
     out_dir = ws.reset_dry_run()
     written = write_plan(planned, out_dir)
@@ -110,6 +122,8 @@ def run_phases(config: ClusterConfig, ws: Workspace, op: str, phases: list[Phase
                   options={"kubeconfig_path": ws.kubeconfig_path, "workspace": ws,
                            "config_text": Path(config.path).read_text(encoding="utf-8"), **options})
     todo = [p for p in phases if p.applies(ctx)]
+    if any(p.name == "provision" for p in todo):  # a bad bundle is refused before any node is touched
+        ctx.bundle = open_bundle(config, verify=True, say=progress.note)
     lock = ClusterLock(inventory[config.control_plane_nodes[0].address], op.replace("-", " ", 1))
     try:
         taken_over = lock.acquire()
@@ -198,11 +212,11 @@ def check_preflight(target: str, workspace: Path | None, output: str, accept_new
 
 
 def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: bool,
-                  accept_new_host_keys: bool, concurrency: int) -> None:
+                  accept_new_host_keys: bool, concurrency: int, purge: bool = False) -> None:
     from bmctl.phases.reset import Reset
     config, ws = load(target, workspace)
     if dry_run:
-        dry_run_phases(config, ws, [Reset()])
+        dry_run_phases(config, ws, [Reset(purge)])
         return
     if not force:
         try:
@@ -212,7 +226,7 @@ def reset_cluster(target: str, workspace: Path | None, force: bool, dry_run: boo
             yes = False
         if not yes:
             raise BmctlError("reset cancelled; nothing was changed.", "answer y, or pass --force to skip the question.")
-    _, log_dir = run_phases(config, ws, "reset-cluster", [Reset()], accept_new_host_keys, concurrency)
+    _, log_dir = run_phases(config, ws, "reset-cluster", [Reset(purge)], accept_new_host_keys, concurrency)
     for path in (ws.kubeconfig_path, ws.applied_path):
         if path.exists():
             path.unlink()

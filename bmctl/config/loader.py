@@ -251,7 +251,7 @@ def parse_config(text: str, filename: str, expected_name: str | None = None) -> 
             for f in _pydantic_findings(exc, model.Header, data):
                 out.add(header_doc, "", f)
         else:
-            for f in rules.check_header(header):
+            for f in rules.check_header(header, os.path.dirname(os.path.abspath(filename))):
                 out.add(header_doc, "", f)
 
     cluster_doc = cluster_docs[0]

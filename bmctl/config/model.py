@@ -6,6 +6,7 @@ location is the path the user sees in the file.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
@@ -31,12 +32,28 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class RegistryMirror(Strict):
+    """Google bmctl's header `registryMirrors` entry: containerd pulls the images of `hosts` (default:
+    docker.io) from `endpoint` (HOST:PORT or https://HOST:PORT, optionally /v2/NAMESPACE; http:// for
+    a plain-HTTP registry), trusting `caCertPath` and logging in with the credential for the endpoint's
+    host in `pullCredentialConfigPath` (a Docker config.json). Paths are on the workstation."""
+
+    endpoint: str
+    caCertPath: Optional[str] = None
+    pullCredentialConfigPath: Optional[str] = None
+    hosts: list[str] = []
+
+
 class Header(Strict):
     sshPrivateKeyPath: Optional[str] = None
     sshKnownHostsPath: Optional[str] = None
     # bmctl-only: a release file (Kubernetes version + image references, see bmctl/release/)
     # instead of the release bmctl ships; a relative path is relative to the config file.
     releaseFile: Optional[str] = None
+    # bmctl-only: the offline bundle (`bmctl bundle build`) whose binaries bmctl installs on the nodes
+    # and whose release (images) the cluster runs; without it, nodes install from their package manager.
+    bundlePath: Optional[str] = None
+    registryMirrors: list[RegistryMirror] = []
 
 
 class Meta(Strict):
@@ -147,9 +164,27 @@ class PodDensity(Strict):
     maxPodsPerNode: Optional[int] = None
 
 
+class PrivateRegistry(Strict):
+    """Google bmctl's `nodeConfig.privateRegistries` entry: a registry the nodes log in to (and trust)
+    when they pull from it directly (not as a mirror)."""
+
+    host: str
+    caCertPath: Optional[str] = None
+    pullCredentialConfigPath: Optional[str] = None
+
+
 class NodeConfig(Strict):
     podDensity: PodDensity = PodDensity()
     containerRuntime: Literal["containerd"] = "containerd"
+    privateRegistries: list[PrivateRegistry] = []
+
+
+class Proxy(Strict):
+    """Google bmctl's `spec.proxy`: the nodes' containerd, kubelet and package downloads go through
+    `url`, except to `noProxy` (bmctl adds the cluster's CIDRs, VIPs and node addresses)."""
+
+    url: str
+    noProxy: list[str] = []
 
 
 class OIDC(Strict):
@@ -177,6 +212,7 @@ class ClusterSpec(Strict):
     nodeAccess: NodeAccess = NodeAccess()
     nodeConfig: NodeConfig = NodeConfig()
     authentication: Authentication = Authentication()
+    proxy: Optional[Proxy] = None
 
 
 class Cluster(Strict):
@@ -288,6 +324,12 @@ class ClusterConfig:
     @property
     def advert_interval(self) -> float:
         return self.lb.vrrp.advertInterval or DEFAULT_ADVERT_INTERVAL
+
+
+def workstation_path(path: str, base: str | None) -> str:
+    """A path the config names on the workstation: `~` expanded, relative to the config's folder."""
+    path = os.path.expanduser(path)
+    return path if os.path.isabs(path) or base is None else os.path.join(base, path)
 
 
 def derive_vrid(cluster_name: str) -> int:

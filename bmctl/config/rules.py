@@ -12,6 +12,7 @@ from typing import Iterator, NamedTuple
 import netaddr
 
 from bmctl.config import model
+from bmctl.config.registries import EndpointError, docker_credentials, parse_endpoint, parse_proxy, valid_host
 from bmctl.config.source import format_path
 from bmctl.config.addresses import (AddressError, as_range, contains, find_overlaps, intersects,
                                     is_buggy, parse_cidr, parse_ip, parse_pool_entry, usable_count)
@@ -61,6 +62,7 @@ def check_cluster(config: model.ClusterConfig, expected_name: str | None) -> lis
     out.extend(_check_network(config))
     out.extend(_check_load_balancer(config))
     out.extend(_check_nodes_settings(config))
+    out.extend(_check_node_software(config, os.path.dirname(os.path.abspath(config.path)) if config.path else None))
     user = config.spec.nodeAccess.loginUser
     if not UNIX_USER.match(user):
         out.append(Finding(("spec", "nodeAccess", "loginUser"), f"{user!r} is not a valid login name",
@@ -69,13 +71,97 @@ def check_cluster(config: model.ClusterConfig, expected_name: str | None) -> lis
     return out
 
 
-def check_header(header: model.Header) -> list[Finding]:
+def check_header(header: model.Header, base: str | None = None) -> list[Finding]:
+    """`base`: the config file's folder (relative paths in the header are relative to it)."""
+    out: list[Finding] = []
     key = header.sshPrivateKeyPath
     if key is not None and not os.path.isfile(os.path.expanduser(key)):
-        return [Finding(("sshPrivateKeyPath",), f"no file at {key!r}",
-                        "point sshPrivateKeyPath at the private key that logs in to the nodes "
-                        "(preflight will fail without it unless an SSH agent holds the key)", "warning")]
-    return []
+        out.append(Finding(("sshPrivateKeyPath",), f"no file at {key!r}",
+                           "point sshPrivateKeyPath at the private key that logs in to the nodes "
+                           "(preflight will fail without it unless an SSH agent holds the key)", "warning"))
+    if header.bundlePath is not None and not os.path.isfile(model.workstation_path(header.bundlePath, base)):
+        out.append(Finding(("bundlePath",), f"no bundle at {header.bundlePath!r}",
+                           "build one with `bmctl bundle build --kubernetes "
+                           f"{model.DEFAULT_KUBERNETES_VERSION}` and point bundlePath at it (relative paths are "
+                           "relative to the config file)"))
+    seen: dict[str, int] = {}
+    for i, mirror in enumerate(header.registryMirrors):
+        path = ("registryMirrors", i)
+        try:
+            endpoint = parse_endpoint(mirror.endpoint)
+        except EndpointError as exc:
+            out.append(Finding(path + ("endpoint",), exc.message, exc.fix))
+            continue
+        out += _registry_files(path, endpoint.host, endpoint.scheme, mirror.caCertPath,
+                               mirror.pullCredentialConfigPath, base)
+        for j, host in enumerate(mirror.hosts or ["docker.io"]):
+            if mirror.hosts and not valid_host(host):
+                out.append(Finding(path + ("hosts", j), f"{host!r} is not a registry host",
+                                   "write the registry's host as images name it, e.g. registry.k8s.io or docker.io"))
+            elif host in seen:
+                out.append(Finding(path + (("hosts", j) if mirror.hosts else ("endpoint",)),
+                                   f"{host} is mirrored by registryMirrors[{seen[host]}] already",
+                                   "list each host under one mirror only (containerd tries one mirror list per "
+                                   "host; put the mirrors of one host in order under one entry)"))
+            else:
+                seen[host] = i
+    return out
+
+
+def _registry_files(path: tuple, host: str, scheme: str, ca: str | None, creds: str | None,
+                    base: str | None) -> list[Finding]:
+    """caCertPath and pullCredentialConfigPath of a mirror or private registry."""
+    out: list[Finding] = []
+    if ca is not None:
+        file = model.workstation_path(ca, base)
+        if scheme == "http":
+            out.append(Finding(path + ("caCertPath",), "a CA certificate for a plain-HTTP (http://) endpoint",
+                               "use an https endpoint, or remove caCertPath"))
+        elif not os.path.isfile(file):
+            out.append(Finding(path + ("caCertPath",), f"no file at {ca!r}",
+                               "point caCertPath at the registry's CA certificate (PEM) on this workstation"))
+        elif b"-----BEGIN CERTIFICATE-----" not in open(file, "rb").read(1 << 20):
+            out.append(Finding(path + ("caCertPath",), f"{ca!r} holds no PEM certificate",
+                               "point caCertPath at the CA certificate in PEM form (-----BEGIN CERTIFICATE-----)"))
+    if creds is not None:
+        file = model.workstation_path(creds, base)
+        if not os.path.isfile(file):
+            out.append(Finding(path + ("pullCredentialConfigPath",), f"no file at {creds!r}",
+                               "point it at a Docker config.json on this workstation that holds the "
+                               "registry's credential (`docker login HOST` writes one)"))
+        else:
+            try:
+                found = docker_credentials(file, host)
+            except EndpointError as exc:
+                out.append(Finding(path + ("pullCredentialConfigPath",), exc.message, exc.fix))
+            else:
+                if found is None:
+                    out.append(Finding(path + ("pullCredentialConfigPath",), f"{creds!r} has no credential for {host}",
+                                       f"add auths.\"{host}\" to it (`docker login {host}` does)"))
+    return out
+
+
+def _check_node_software(config: model.ClusterConfig, base: str | None) -> list[Finding]:
+    """Google's privateRegistries and proxy."""
+    out: list[Finding] = []
+    for i, reg in enumerate(config.spec.nodeConfig.privateRegistries):
+        path = ("spec", "nodeConfig", "privateRegistries", i)
+        if not valid_host(reg.host):
+            out.append(Finding(path + ("host",), f"{reg.host!r} is not a registry host",
+                               "write HOST or HOST:PORT as the images name it, e.g. registry.example.com:5000"))
+            continue
+        out += _registry_files(path, reg.host, "https", reg.caCertPath, reg.pullCredentialConfigPath, base)
+    proxy = config.spec.proxy
+    if proxy is not None:
+        try:
+            parse_proxy(proxy.url)
+        except EndpointError as exc:
+            out.append(Finding(("spec", "proxy", "url"), exc.message, exc.fix))
+        for i, entry in enumerate(proxy.noProxy):
+            if not entry or any(c in entry for c in " ,\"'\n\t"):
+                out.append(Finding(("spec", "proxy", "noProxy", i), f"{entry!r} is not a host, domain or CIDR",
+                                   "write one host, .domain, IP or CIDR per entry (no spaces or commas)"))
+    return out
 
 
 def _cidrs(config: model.ClusterConfig) -> Iterator[tuple[tuple, netaddr.IPNetwork | None, Finding | None]]:

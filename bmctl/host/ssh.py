@@ -204,7 +204,7 @@ class Host:
             cmd = "sudo -n -- " + cmd
         return cmd
 
-    def _exec(self, cmd: str, stdin: bytes | str | None, timeout: float, silence: float) -> tuple[int, str, str]:
+    def _exec(self, cmd: str, stdin, timeout: float, silence: float) -> tuple[int, str, str]:
         """One attempt: blocking reads (no polling), stdout to EOF, then stderr, then the exit status.
         A read that waits longer than `silence` means the connection is dead."""
         client = self.connect()
@@ -216,7 +216,11 @@ class Host:
         try:
             chan.settimeout(silence)
             chan.exec_command(cmd)
-            if stdin is not None:
+            if hasattr(stdin, "read"):  # a file: streamed in chunks, never held in memory whole
+                stdin.seek(0)
+                while chunk := stdin.read(1 << 20):
+                    chan.sendall(chunk)
+            elif stdin is not None:
                 chan.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
             chan.shutdown_write()
             end = time.monotonic() + timeout
@@ -235,7 +239,7 @@ class Host:
             chan.close()
         return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
-    def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin: bytes | str | None = None,
+    def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin=None,
             check: bool = True, timeout: float | None = None, retry: bool = True, secret_output: bool = False
             ) -> Result:
         """Run argv on the host; raise HostError (host, step, stderr) when check and rc != 0.
@@ -244,7 +248,8 @@ class Host:
         command is a quick one, and silence for `access.stall_seconds` means the connection is dead.
         A lost or dead connection is reopened with backoff and the command run again, for at most
         `access.retry_seconds`; pass retry=False for a command that must not run twice, and
-        secret_output=True when stdout holds a secret (it is then not logged)."""
+        secret_output=True when stdout holds a secret (it is then not logged). `stdin`: text, bytes, or
+        a seekable binary file (streamed; sent again from its start when the command is retried)."""
         cmd = self.command_line(argv, sudo)
         step = step or argv[0]
         deadline = time.monotonic() + self.access.retry_seconds

@@ -10,6 +10,7 @@ live in bmctl/release/):
 - flannel v0.27.4 (the lab's pod network) and its CNI plugin (see FLANNEL_CNI_PLUGIN);
 - MetalLB v0.15.2 controller and speaker;
 - crane v0.22.1 (image pushes, the lab's registry) and crictl v1.34.0;
+- the CNCF Distribution registry v3.1.2 (TLS + htpasswd auth, for bmctl's registry client tests);
 - pause and web, our own programs (bmctl/lab/cmd/).
 
 Each group is one wrapper module and ONE `go build` of all its main packages (they share the
@@ -50,6 +51,7 @@ FLANNEL_CNI_PLUGIN = "v0.9.1"
 METALLB = "v0.15.2"
 CRANE = "v0.22.1"
 CRICTL = "v1.34.0"
+DISTRIBUTION = "v3.1.2"  # the newest github.com/distribution/distribution/v3 the Go module proxy serves
 OWN = "v1"  # pause and web: bump when their behaviour changes (a source change rebuilds anyway)
 PAUSE_TAG = "3.10.1"  # kubeadm 1.34's constants.PauseVersion: the tag our pause image carries
 
@@ -111,6 +113,9 @@ GROUPS = [
           (_x("github.com/google/go-containerregistry/cmd/crane/cmd.Version", CRANE),)),
     Group("crictl", CRICTL, {"sigs.k8s.io/cri-tools": CRICTL}, {"crictl": "sigs.k8s.io/cri-tools/cmd/crictl"},
           (_x("sigs.k8s.io/cri-tools/pkg/version.Version", CRICTL),)),
+    Group("distribution", DISTRIBUTION, {"github.com/distribution/distribution/v3": DISTRIBUTION},
+          {"registry": "github.com/distribution/distribution/v3/cmd/registry"},
+          (_x("github.com/distribution/distribution/v3/version.version", DISTRIBUTION),)),
     Group("own", OWN, {}, {"pause": "bmctl.lab/cmd/pause", "web": "bmctl.lab/cmd/web"}, own=True),
 ]
 BY_BINARY = {b: g for g in GROUPS for b in g.binaries}

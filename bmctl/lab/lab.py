@@ -29,9 +29,6 @@ from bmctl.lab.net import MAX_NODES, LabNet, pick
 # Folders bmctl writes on a node; each lab node gets a private copy (bind mount).
 NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
              "/var/backups/bmctl", "/var/lib/bmctl", "/var/lib/etcd"]
-# Every node sees the lab's bin folder as /usr/local/bin: the kubeadm stand-in and the binaries
-# built from their Go modules (bmctl/lab/binaries.py), under the names their pods use.
-BIN_DIR = "/usr/local/bin"
 STOCK_BASHRC = "# ~/.bashrc: executed by bash(1) for non-login shells (a lab node's: nothing to run).\n"
 # Login users every lab node has besides root (its own /etc/passwd, group, shadow, sudoers.d and
 # /home): name -> whether it has passwordless sudo. Both log in with the lab's key.
@@ -193,30 +190,32 @@ class Lab:
         state["registry_ns"] = ns
         self.save(state)
         self._attach(state["bridge_ns"], ns, "registry", net.registry_ip, net.prefix)
-        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry", say=say)
+        built = release.prepare(say=say)
+        state["bundle"] = str(release.bundle(say=say, built=built))
+        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry", say=say, built=built)
         state["pids"]["registry"] = pid
         state["release"] = str(self.state_dir / "release.yaml")
         self.save(state)
         release.write_release(self.state_dir / "release.yaml", content)
 
-    def _bin(self, real: bool) -> None:
-        """The lab's /usr/local/bin: on real nodes the kubelet, kubeadm, crictl (as installed by hand)
-        and `systemctl` (the unit supervisor's shim); empty on bare nodes."""
-        from bmctl.lab import binaries
-        bin_dir = self.state_dir / "bin"
-        bin_dir.mkdir(exist_ok=True)
-        if not real:
-            return
-        for name in ("kubelet", "kubeadm", "crictl"):
-            (bin_dir / name).symlink_to(binaries.binary(name))
-        (bin_dir / "systemctl").write_text(f"#!/bin/sh\nexec {sys.executable} -m bmctl.lab.systemctl \"$@\"\n")
-        (bin_dir / "systemctl").chmod(0o755)
+    def _systemctl(self) -> Path:
+        """The unit supervisor's `systemctl` (mounted over the node's /usr/bin/systemctl)."""
+        shim = self.state_dir / "systemctl"
+        shim.write_text(f"#!/bin/sh\nexec {sys.executable} -m bmctl.lab.systemctl \"$@\"\n")
+        shim.chmod(0o755)
+        return shim
 
     def _start_nodes(self, state: dict) -> None:
         from bmctl.lab import realnode
         real = state.get("real_nodes", False)
         node_dirs = NODE_DIRS + (realnode.NODE_DIRS if real else [])
-        self._bin(real)
+        masks: list[list[str]] = []
+        if real:
+            empty = self.state_dir / "empty"
+            empty.mkdir(mode=0o755, exist_ok=True)
+            masks = [["/dev/null", f] for f in realnode.HIDDEN_FILES] + \
+                    [[str(empty), d] for d in realnode.HIDDEN_DIRS] + \
+                    [[str(self._systemctl()), f] for f in realnode.SYSTEMCTL]
         with _registry() as reg:
             reg["labs"].append(state["id"])
             for d in node_dirs:
@@ -248,17 +247,14 @@ class Lab:
             if real:
                 cgroup = realnode.node_cgroup(state["id"], node["name"])
                 realnode.copy_defaults(private["/etc/default"])
-                release = yaml.safe_load(Path(state["release"]).read_text())
-                realnode.prepare_files(lambda path: _private_path(private, path), cgroup,
-                                       f"{self.net_of(state).registry_ip}:5000", release["images"]["pause"])
-            spec = {"binds": [[str(src), d] for d, src in private.items()]
-                     + [[str(self.state_dir / "bin"), BIN_DIR]],
+                realnode.prepare_files(lambda path: _private_path(private, path), cgroup)
+            spec = {"binds": [[str(src), d] for d, src in private.items()],
                     # A stock root account: this machine's own ~/.bashrc (which bash sources for
                     # every SSH command) may start tools (pyenv, ...) a server would not have.
                     # The login users' accounts (sudoers.d only where sudo is installed), and the
                     # node's own name in its /etc/hosts, as an installed server has (sudo looks it up).
                     "optional_binds": [[str(self.state_dir / "bashrc"), "/root/.bashrc"],
-                                       [str(ndir / "hosts"), "/etc/hosts"], *accounts],
+                                       [str(ndir / "hosts"), "/etc/hosts"], *accounts, *masks],
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
                     "state_dir": str(ndir),
@@ -401,7 +397,11 @@ class Lab:
                   "sshKnownHostsPath": str(self.state_dir / "known_hosts")}
         spec_extra: dict = {}
         if state.get("real_nodes"):
-            header["releaseFile"] = state["release"]  # the images built here, in the lab's registry
+            # The node software and images built here (bmctl installs the software from the bundle),
+            # the images pulled from the lab's registry, which mirrors the lab's registry host.
+            from bmctl.lab.realnode import MIRROR_HOST
+            header["bundlePath"] = state["bundle"]
+            header["registryMirrors"] = [{"endpoint": f"http://{net.registry_ip}:5000", "hosts": [MIRROR_HOST]}]
             # a /27 of the pod network per node: the lab's pods share one documentation /24
             spec_extra["nodeConfig"] = {"podDensity": {"maxPodsPerNode": 16}}
         docs = [

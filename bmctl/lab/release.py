@@ -13,15 +13,25 @@ nodes' containerd resolves that host through a hosts.toml mirror to http://<regi
     prepare()                        builds what is missing (binaries, then images)
     publish(netns, ip, disk_dir)     starts the registry in netns at ip:5000, pushes every image
     write_release(path, release)     writes the release file
+    bundle()                         the lab's offline bundle (cached): the node software below and
+                                     every image, in the format `bmctl bundle build` writes
+
+The lab's node software: kubelet, kubeadm, kubectl and crictl built here (bmctl/lab/binaries.py);
+containerd, runc and the CNI plugins from this machine's Debian packages (containerd 1.6, runc 1.1).
+Lab nodes start without any of it: bmctl installs it from the bundle, as at an air-gapped site.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import subprocess
 from pathlib import Path
 
 import yaml
 
 from bmctl.lab import binaries, images, registry
+from bmctl.release import bundle as bundles
 
 REGISTRY_HOST = "registry.bmctl-lab.internal"
 
@@ -46,12 +56,13 @@ def prepare(bin_cache: Path | None = None, image_cache: Path | None = None, say=
     return images.build_all(say=say)
 
 
-def publish(netns: str, ip: str, disk_dir: Path, port: int = registry.PORT, say=images._print) -> tuple[int, dict]:
+def publish(netns: str, ip: str, disk_dir: Path, port: int = registry.PORT, say=images._print,
+            built: dict | None = None) -> tuple[int, dict]:
     """Start the registry in `netns` on ip:port (blobs in disk_dir) and push every image to it.
 
     Returns (the registry's pid, the release dict). Stop the registry with registry.stop(pid).
     """
-    built = prepare(say=say)
+    built = built if built is not None else prepare(say=say)
     pid = registry.start(netns, ip, Path(disk_dir), port)
     try:
         registry.push_all(netns, f"{ip}:{port}", built)
@@ -70,3 +81,61 @@ def write_release(path: Path, digests: dict) -> dict:
     tmp.write_text(yaml.safe_dump(content, sort_keys=False))
     os.replace(tmp, path)
     return content
+
+
+DEBIAN_CNI = Path("/usr/lib/cni")
+
+
+def _debian_version(package: str) -> str:
+    out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", package], capture_output=True, text=True)
+    if out.returncode != 0 or not out.stdout.strip():
+        raise RuntimeError(f"the lab's node software needs the Debian package {package} (apt-get install {package})")
+    return out.stdout.strip()
+
+
+def node_software() -> tuple[dict[str, dict], dict[str, tuple[Path, str]]]:
+    """The lab's node software: (the release's `binaries:` section, path on node -> (file here, part))."""
+    parts: dict[str, tuple[str, dict[str, Path]]] = {
+        name: (binaries.KUBERNETES if name != "crictl" else binaries.CRICTL,
+               {f"/usr/local/bin/{name}": binaries.binary(name)})
+        for name in ("kubelet", "kubeadm", "kubectl", "crictl")}
+    parts["containerd"] = (_debian_version("containerd"),
+                           {f"/usr/local/bin/{b}": Path("/usr/bin", b) for b in ("containerd", "containerd-shim-runc-v2", "ctr")})
+    parts["runc"] = (_debian_version("runc"), {"/usr/local/sbin/runc": Path("/usr/sbin/runc")})
+    parts["cni-plugins"] = (_debian_version("containernetworking-plugins"),
+                            {f"/opt/cni/bin/{p.name}": p for p in sorted(DEBIAN_CNI.iterdir()) if p.is_file()})
+    section = {name: {"version": version, "install": {local.name: node for node, local in files.items()}}
+               for name, (version, files) in parts.items()}
+    files = {node: (local.resolve(), name) for name, (_, files) in parts.items() for node, local in files.items()}
+    return section, files
+
+
+def bundle_cache() -> Path:
+    return Path(os.environ.get("BMCTL_BUNDLE_CACHE", Path.home() / ".cache" / "bmctl" / "bundles"))
+
+
+def bundle(say=images._print, built: dict | None = None) -> Path:
+    """The lab's offline bundle, built when its inputs changed (cached by their identity)."""
+    built = built if built is not None else prepare(say=say)
+    section, files = node_software()
+    content = {**release(built), "binaries": section}
+    key = hashlib.sha256(json.dumps([content, sorted((n, str(p), p.stat().st_size, p.stat().st_mtime_ns)
+                                                     for n, (p, _) in files.items())]).encode()).hexdigest()[:16]
+    cache = bundle_cache()
+    path = cache / f"lab-{key}.tar"
+    if path.exists():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    say(f"building the lab's bundle ({len(files)} node files, {len(built)} images)")
+    layout = cache / f".layout-{key}"
+    import shutil
+    shutil.rmtree(layout, ignore_errors=True)
+    try:
+        bundles.merge_layouts([(reference(b), b.layout) for b in built.values()], layout)
+        bundles.write(path, content, files, layout, source="lab (Go modules and Debian packages, built here)", say=say)
+    finally:
+        shutil.rmtree(layout, ignore_errors=True)
+    for old in cache.glob("lab-*.tar"):  # keep the newest only
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path

@@ -296,6 +296,7 @@ class Supervisor:
     def command(self, argv: list[str]) -> tuple[int, str]:
         args = [a for a in argv if not a.startswith("-")]
         now = "--now" in argv
+        quiet = "-q" in argv or "--quiet" in argv
         if not args:
             return 1, "systemctl (bmctl lab): a command is needed\n"
         verb, names = args[0], [n[: -len(".service")] if n.endswith(".service") else n for n in args[1:]]
@@ -319,12 +320,14 @@ class Supervisor:
                 err = None
             elif verb == "is-active":
                 state = self.is_active(name)
-                out.append(state)
+                if not quiet:
+                    out.append(state)
                 rc = rc or (0 if state in ("active", "activating") else 3)
                 continue
             elif verb == "is-enabled":
                 enabled = self.is_enabled(name)
-                out.append("enabled" if enabled else ("disabled" if load_unit(name).loaded else "not-found"))
+                if not quiet:
+                    out.append("enabled" if enabled else ("disabled" if load_unit(name).loaded else "not-found"))
                 rc = rc or (0 if enabled else 1)
                 continue
             elif verb == "status":

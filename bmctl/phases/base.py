@@ -29,6 +29,20 @@ class Context:
     options: dict[str, Any] = field(default_factory=dict)
     inventory: Any = None   # bmctl.host.Inventory on a real run
     progress: Any = None    # bmctl.progress.Progress on a real run
+    bundle: Any = None      # bmctl.release.bundle.Bundle (verified before any phase runs) when the
+                            # config's header names one
+
+    def cgroup_driver(self) -> str:
+        """The cluster's cgroup driver, from every node's init system (see render.node_software)."""
+        from bmctl.render.node_software import cgroup_driver
+        return cgroup_driver(list(self.node_facts([n.address for n in self.config.all_nodes]).values())
+                             if not self.dry_run else [f for f in self.facts.values()])
+
+    @property
+    def release(self):
+        """The release this config installs (bmctl.release.Release)."""
+        from bmctl import release
+        return release.of(self.config)
 
     def record(self, address: str, changes: list) -> list:
         """Remember what sync_files did on a node, for the run's summary."""

@@ -75,7 +75,7 @@ class ControlPlaneLB(Phase):
                              step="read the kubelet's state").stdout.split()
             if state[0] != "standalone":
                 return
-            changes = ctx.record(host.address, sync_files(host, lb_bootstrap_files(config)))
+            changes = ctx.record(host.address, sync_files(host, lb_bootstrap_files(config, ctx.cgroup_driver())))
             if any(c.status != "unchanged" for c in changes) or state[1:] != ["active"]:
                 host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload")
                 host.run(["systemctl", "enable", "kubelet"], step="enable the kubelet")

@@ -11,8 +11,13 @@ from bmctl.render.facts import NodeFacts
 _FACTS = r'''
 uname -sr
 ( . /etc/os-release 2>/dev/null && echo "${PRETTY_NAME:-unknown}" ) || echo unknown
+( . /etc/os-release 2>/dev/null; echo "fact os_release ${ID:-} ${ID_LIKE:-}" )
+if [ -d /run/systemd/system ]; then echo "fact init systemd"; else echo "fact init other"; fi
+echo "fact cgroupfs $(stat -fc %T /sys/fs/cgroup 2>/dev/null)"
+echo "fact capbnd $(sed -n 's/^CapBnd:[[:space:]]*//p' /proc/self/status)"
 ip -j addr show
 '''
+CAP_SYS_RESOURCE = 24
 
 
 _FILES_MARK = "--- bmctl: managed files ---"
@@ -36,8 +41,17 @@ def read_facts_and_files(host: Host, node_ip: str, interface: str | None,
 def _parse(host: Host, out: str, node_ip: str, interface: str | None) -> NodeFacts:
     lines = out.splitlines()
     kernel, os_name = lines[0], lines[1]
+    extra: dict[str, str] = {}
+    rest = lines[2:]
+    while rest and rest[0].startswith("fact "):
+        _, key, *value = rest.pop(0).split(" ", 2)
+        extra[key] = value[0] if value else ""
     try:
-        links = json.loads("\n".join(lines[2:]))
+        capbnd = int(extra.get("capbnd") or "0", 16)
+    except ValueError:
+        capbnd = 0
+    try:
+        links = json.loads("\n".join(rest))
     except ValueError:
         raise HostError(host.address, "read node facts", "`ip -j addr` gave no JSON",
                         "install a recent iproute2 on the node.") from None
@@ -54,7 +68,10 @@ def _parse(host: Host, out: str, node_ip: str, interface: str | None) -> NodeFac
                         f"(it has {', '.join(addresses) or 'none'})",
                         "set the node's address (or k8sIP) in the config to an IP the node holds.")
     return NodeFacts(interface=interface or found[0], prefixlen=found[1], addresses=tuple(addresses),
-                     macs=macs, os=os_name, kernel=kernel)
+                     macs=macs, os=os_name, kernel=kernel, init=extra.get("init", "other"),
+                     cgroup_version=2 if extra.get("cgroupfs") == "cgroup2fs" else 1,
+                     cap_sys_resource=bool(capbnd >> CAP_SYS_RESOURCE & 1),
+                     os_release=tuple(extra.get("os_release", "").split()))
 
 
 def gather(config: ClusterConfig, inventory: Inventory, addresses: list[str] | None = None) -> dict[str, NodeFacts]:

@@ -104,7 +104,7 @@ class Kubeadm(Phase):
             what = {"init": "kubeadm init (first control-plane node)",
                     "join-control-plane": "kubeadm join --control-plane (one at a time)",
                     "join": "kubeadm join (workers and load-balancer nodes, in parallel)"}[action]
-            steps.append(Step(node.address, what, [kubeadm_config(config, node, ctx.secrets)]))
+            steps.append(Step(node.address, what, [kubeadm_config(config, node, ctx.secrets, cgroup_driver=ctx.cgroup_driver())]))
         steps.append(Step(config.control_plane_nodes[0].address,
                           f"fetch admin.conf into the workspace as {config.name}-kubeconfig"))
         return steps
@@ -113,7 +113,7 @@ class Kubeadm(Phase):
         config, inv = ctx.config, ctx.inventory
         first = config.control_plane_nodes[0]
         host = inv[first.address]
-        ctx.record(first.address, sync_files(host, [kubeadm_config(config, first, ctx.secrets)]))
+        ctx.record(first.address, sync_files(host, [kubeadm_config(config, first, ctx.secrets, cgroup_driver=ctx.cgroup_driver())]))
         if run_kubeadm(host, ["init", "--config", KUBEADM_CONFIG, "--upload-certs"], ADMIN_CONF):
             ctx.progress.host(first.address, "kubeadm init done")
         else:
@@ -125,7 +125,7 @@ class Kubeadm(Phase):
 
         def join(h: Host) -> None:
             node = next(n for n in config.all_nodes if n.address == h.address)
-            ctx.record(h.address, sync_files(h, [kubeadm_config(config, node, ctx.secrets, ca_hash)]))
+            ctx.record(h.address, sync_files(h, [kubeadm_config(config, node, ctx.secrets, ca_hash, ctx.cgroup_driver())]))
             if run_kubeadm(h, ["join", "--config", KUBEADM_CONFIG], KUBELET_CONF):
                 ctx.progress.host(h.address, f"{kubeadm_action(config, node)} done")
             else:

@@ -106,7 +106,7 @@ def _ports(config: ClusterConfig, address: str) -> list[tuple[str, int]]:
 def _binaries(config: ClusterConfig, address: str, kubernetes: bool) -> list[str]:
     need = ["sh", "ip", "ss", "sha256sum", "stat", "tar"]
     if kubernetes:
-        need += ["kubeadm", "flock"]
+        need += ["flock"]
     if config.bundled and address in {n.address for n in config.lb_nodes}:
         need.append("curl")
         if address == config.lb_nodes[0].address:
@@ -165,6 +165,65 @@ def node_checks(config: ClusterConfig, host: Host, facts: NodeFacts, kubernetes:
         checks.append(Check(a, "ports free", "fail" if taken else "ok",
                             f"in use: {', '.join(taken)}" if taken else ports))
     checks.append(Check(a, "node IP", "ok", f"{config_node_ip(config, a)}/{facts.prefixlen} on {facts.interface}"))
+    return checks
+
+
+# Arguments: HOST PORT pairs; prints "reach HOST:PORT ok|fail" for each (a TCP connect, 3 s at most).
+_REACH = r'''
+while [ $# -ge 2 ]; do
+  if timeout 3 bash -c 'exec 3<>"/dev/tcp/$0/$1"' "$1" "$2" 2>/dev/null; then r=ok; else r=fail; fi
+  echo "reach $1:$2 $r"
+  shift 2
+done
+'''
+
+
+def software_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list[Check]:
+    """The node software already there (a kubelet or kubeadm of another version is refused, with the
+    fix) and the registry endpoints the nodes pull from (a TCP connect to each)."""
+    from bmctl import release as releases
+    from bmctl.config.registries import access
+    from bmctl.phases.provision import VERSIONS, parse_versions, source, version_of
+    a = host.address
+    release = releases.of(config)
+    found = parse_versions(host.run(["sh", "-c", VERSIONS], step="read installed versions").stdout)
+    wrong = [(n, found[n][0], version_of(found[n][1])) for n in ("kubelet", "kubeadm")
+             if n in found and version_of(found[n][1]) != release.kubernetes]
+    checks = []
+    if wrong:
+        name, path, version = wrong[0]
+        how = (f"delete {path} (or `apt-get remove {name}` / `dnf remove {name}` if a package installed it)"
+               if path.startswith("/usr/local/") else f"remove the package (`apt-get remove {name}` or "
+               f"`dnf remove {name}`; `apt-mark unhold {name}` first if it is held)")
+        checks.append(Check(a, "node software", "fail",
+                            f"{name} {version} is installed at {path}, but this cluster runs Kubernetes "
+                            f"{release.kubernetes}: {how} so that bmctl installs {release.kubernetes}, or set "
+                            f"spec.kubernetesVersion to {version} with a bundle of that version "
+                            f"(bmctl bundle build --kubernetes {version})"))
+    else:
+        there = ", ".join(f"{n} {version_of(v)}" for n, (_, v) in sorted(found.items()))
+        how = "from the bundle" if source(config) == "bundle" else "from the package manager"
+        checks.append(Check(a, "node software", "ok", (f"installed: {there}; " if there else "none installed; ")
+                            + f"missing or different parts are installed {how}"))
+        if source(config) == "packages":
+            from bmctl.render.packages import os_family
+            family = os_family(dict(zip(("ID", "ID_LIKE"), (facts.os_release[0] if facts.os_release else "",
+                                                            " ".join(facts.os_release[1:])))))
+            complete = all(n in found for n in ("kubelet", "kubeadm", "containerd", "crictl", "runc"))
+            if family is None and not complete:
+                checks.append(Check(a, "package manager", "fail",
+                                    f"{facts.os} has no package manager bmctl installs with (apt on Debian/Ubuntu, "
+                                    "dnf on the RHEL family): build an offline bundle (`bmctl bundle build`) "
+                                    "and set bundlePath in the config's header"))
+    endpoints = access(config).endpoints()
+    if endpoints:
+        args = [x for e in endpoints for x in (e.hostname, str(e.port))]
+        out = host.run(["sh", "-c", _REACH, "sh", *args], step="reach the registries", timeout=60).stdout
+        failed = [line.split()[1] for line in out.splitlines() if line.startswith("reach ") and line.endswith(" fail")]
+        checks.append(Check(a, "registries reachable", "fail" if failed else "ok",
+                            f"no TCP connection to {', '.join(failed)} (registryMirrors / privateRegistries): "
+                            "check the address, the port and the firewall between this node and the registry"
+                            if failed else ", ".join(f"{e.hostname}:{e.port}" for e in endpoints)))
     return checks
 
 
@@ -255,7 +314,8 @@ def run_preflight(config: ClusterConfig, inventory: Inventory,
                   kubernetes: bool = True) -> tuple[list[Check], dict[str, NodeFacts]]:
     """All checks; `kubernetes` adds what the kubeadm phase needs (False with --until before it)."""
     facts = node_facts.gather(config, inventory)
-    per_node = inventory.parallel(list(facts), lambda h: node_checks(config, h, facts[h.address], kubernetes))
+    per_node = inventory.parallel(list(facts), lambda h: node_checks(config, h, facts[h.address], kubernetes)
+                                  + software_checks(config, h, facts[h.address]))
     checks = [c for a in facts for c in per_node[a]]
     if not any(c.check == "ssh + sudo" and c.status == "fail" for c in checks):
         checks += cluster_checks(config, inventory, facts)
@@ -278,6 +338,8 @@ class Preflight(Phase):
             steps.append(Step(a, f"SSH as {config.spec.nodeAccess.loginUser} and sudo; OS, kernel, binaries, "
                                  "time sync, swap off"))
             steps.append(Step(a, f"node IP {node.ip} present; subnet read from the node"))
+            steps.append(Step(a, f"kubelet and kubeadm, if installed, are {ctx.release.kubernetes}; "
+                                 "the registries the node pulls from answer"))
             ports = _ports(config, a)
             if ports:
                 steps.append(Step(a, "ports free: " + ", ".join(f"{p}/{n}" for p, n in ports)))

@@ -11,13 +11,16 @@ from bmctl.phases.controlplane_lb import _holds
 from bmctl.phases.kubeadm import KUBEADM_STATE_FILES
 from bmctl.phases.network import flannel_leftovers, node_cleanup_argv
 from bmctl.phases.preflight import _listeners
-from bmctl.phases.provision import MODULES_FILE, SYSCTL_FILE
+from bmctl.phases.provision import MODULES_FILE, RECORD, SYSCTL_FILE
+from bmctl.render import node_software as ns
 from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, LB_NODE_PATHS, MANIFEST_DIR, status_file
 from bmctl.render.kubeadm import KUBEADM_CONFIG
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 
 LB_FILES = [*LB_NODE_PATHS, status_file("haproxy"), status_file("keepalived"), BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG]
 NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE, *KUBEADM_STATE_FILES]
+PURGED_FILES = [ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.KUBELET_UNIT, ns.KUBEADM_DROPIN,
+                *ns.PROXY_DROPINS.values()]
 STOP_SECONDS = 60
 KEEPALIVED_STOP_SECONDS = 15
 KEEPALIVED_MANIFEST = f"{MANIFEST_DIR}/keepalived.yaml"
@@ -29,9 +32,32 @@ def _listening(host: Host, ports: list[int]) -> list[int]:
     return [p for p in ports if p in held]
 
 
+# --purge: the services stopped and disabled, then every file bmctl installed from a bundle (as its
+# record lists them), the units and drop-ins, containerd's configuration and the record.
+_PURGE = r'''
+record=$1; shift
+systemctl disable --now kubelet >/dev/null 2>&1 || true
+systemctl disable --now containerd >/dev/null 2>&1 || true
+if [ -f "$record" ]; then
+  while read -r sum size mtime path; do
+    case $path in /usr/local/bin/*|/usr/local/sbin/*|/opt/cni/bin/*) rm -f -- "$path";; esac
+  done < "$record"
+fi
+rm -f -- "$record" "$@"
+rm -rf -- /etc/containerd/certs.d
+for d in /etc/systemd/system/containerd.service.d /etc/systemd/system/kubelet.service.d; do
+  rmdir -- "$d" 2>/dev/null || true
+done
+systemctl daemon-reload >/dev/null 2>&1 || true
+'''
+
+
 class Reset(Phase):
     name = "reset"
     title = "Reset every node"
+
+    def __init__(self, purge: bool = False) -> None:
+        self.purge = purge
 
     def _files(self, ctx: Context, address: str) -> list[str]:
         lb = ctx.config.bundled and address in {n.address for n in ctx.config.lb_nodes}
@@ -55,6 +81,11 @@ class Reset(Phase):
             if ports:
                 steps.append(Step(node.address, "check nothing listens on " + ", ".join(map(str, ports)) +
                                   f" and the VIP {ctx.config.lb.vips.controlPlaneVIP} is gone"))
+            steps.append(Step(node.address, "--purge: stop and disable containerd and the kubelet; remove the "
+                                            "node software bmctl installed from the bundle, its units and "
+                                            "containerd's configuration" if self.purge else
+                              "leave the node software (containerd, kubelet, kubeadm, ...) installed; "
+                              "--purge removes what bmctl installed"))
         return steps
 
     def run(self, ctx: Context) -> None:
@@ -87,8 +118,11 @@ class Reset(Phase):
                     what = ", ".join([f"port {p}" for p in left] + (["the VIP"] if vip_here else []))
                     raise_stuck(host, what)
                 time.sleep(0.5)
+            if self.purge:
+                host.run(["sh", "-c", _PURGE, "sh", RECORD, *PURGED_FILES], step="remove the node software")
             ctx.progress.host(host.address, "reset: " + ("kubeadm reset, " if has_kubeadm else "") +
-                              "bmctl files removed, nothing left listening")
+                              "bmctl files removed, nothing left listening" +
+                              ("; node software removed" if self.purge else ""))
 
         ctx.inventory.parallel([n.address for n in ctx.config.all_nodes], reset)
 

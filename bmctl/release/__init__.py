@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -31,11 +31,28 @@ _REF = re.compile(r"^(?P<repo>[a-z0-9][a-z0-9.:_/-]*?)/(?P<name>[a-z0-9._-]+):(?
                   r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$")
 
 
+# The node software a release installs (see `binaries:` in v1.34.2.yaml); kubectl is optional.
+PARTS = ("kubelet", "kubeadm", "crictl", "containerd", "runc", "cni-plugins")
+NODE_PATH = re.compile(r"^/(usr/local/(s?bin)|opt/cni/bin)/[A-Za-z0-9._-]+$")
+
+
+@dataclass(frozen=True)
+class Part:
+    """One piece of node software: its version, where upstream publishes it (with its checksum), and
+    `install`: file of the download (or member of its archive) -> path on the node."""
+    name: str
+    version: str
+    install: dict[str, str]
+    url: str | None = None
+    checksum_url: str | None = None
+
+
 @dataclass(frozen=True)
 class Release:
     kubernetes: str
     images: dict[str, str]
     source: str = "bmctl's own"
+    binaries: dict[str, Part] = field(default_factory=dict)
 
     def image(self, name: str) -> str:
         return self.images[name]
@@ -89,7 +106,33 @@ def _check(data: object, source: str) -> Release:
                              f"IMAGE_REPOSITORY/{name}:{version}; {images[name]} does not fit.",
                              "keep the control-plane images in one repository, under their own names, tagged "
                              "with the release's Kubernetes version.")
-    return Release(version, images, source)
+    return Release(version, images, source, _parts(data.get("binaries"), source))
+
+
+def _parts(data: object, source: str) -> dict[str, Part]:
+    """The `binaries:` section (optional: a release file that only names images installs nothing)."""
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise BmctlError(f"{source}: binaries: not a mapping of part name -> settings.",
+                         "see bmctl/release/v1.34.2.yaml for the shape.")
+    out = {}
+    for name, spec in data.items():
+        where = f"{source}: binaries.{name}"
+        if not isinstance(spec, dict) or not isinstance(spec.get("version"), str) \
+                or not isinstance(spec.get("install"), dict) or not spec["install"]:
+            raise BmctlError(f"{where}: needs `version` and `install` (file -> path on the node).",
+                             "see bmctl/release/v1.34.2.yaml for the shape.")
+        bad = [p for p in spec["install"].values() if not isinstance(p, str) or not NODE_PATH.match(p)]
+        if bad:
+            raise BmctlError(f"{where}.install: {bad[0]!r} is not a path bmctl installs to.",
+                             "install into /usr/local/bin, /usr/local/sbin or /opt/cni/bin.")
+        for key in ("url", "checksumUrl"):
+            if spec.get(key) is not None and not str(spec[key]).startswith(("https://", "http://")):
+                raise BmctlError(f"{where}.{key}: {spec[key]!r} is not an http(s) URL.", "write the full URL.")
+        out[str(name)] = Part(str(name), spec["version"], {str(k): v for k, v in spec["install"].items()},
+                              spec.get("url"), spec.get("checksumUrl"))
+    return out
 
 
 def default() -> Release:
@@ -112,16 +155,22 @@ def load(path: str | Path | None) -> Release:
 
 
 def of(config) -> Release:
-    """The release a loaded config uses (its header's releaseFile, relative to the config file)."""
-    name = config.header.releaseFile
-    if name is None:
-        return _cached(None)
-    path = Path(name).expanduser()
-    if not path.is_absolute() and config.path:
-        path = Path(config.path).resolve().parent / path
-    return _cached(str(path))
+    """The release a loaded config uses: its header's releaseFile, else the release inside its
+    bundle (bundlePath), else bmctl's own; paths relative to the config file."""
+    for key in ("releaseFile", "bundlePath"):
+        name = getattr(config.header, key)
+        if name is None:
+            continue
+        path = Path(name).expanduser()
+        if not path.is_absolute() and config.path:
+            path = Path(config.path).resolve().parent / path
+        return _cached(str(path), key == "bundlePath")
+    return _cached(None)
 
 
 @functools.lru_cache(maxsize=8)
-def _cached(path: str | None) -> Release:
+def _cached(path: str | None, bundle: bool = False) -> Release:
+    if bundle:
+        from bmctl.release.bundle import load_release
+        return load_release(path)
     return load(path)

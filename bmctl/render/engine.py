@@ -32,6 +32,21 @@ def yaml_bool(value: object) -> str:
     return "true" if value else "false"
 
 
+def toml_str(value: object) -> str:
+    """A TOML basic string (JSON's escapes with ASCII output are valid TOML)."""
+    if not isinstance(value, str):
+        raise TypeError(f"toml_str expects a string, got {type(value).__name__}")
+    return json.dumps(value, ensure_ascii=True)
+
+
+def systemd_quote(value: object) -> str:
+    """One double-quoted word of a systemd unit setting (`Environment=`): backslash and quote escaped,
+    `%` doubled (systemd expands %-specifiers)."""
+    if not isinstance(value, str) or "\n" in value:
+        raise ValueError(f"systemd_quote expects a one-line string, got {value!r}")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%") + '"'
+
+
 @functools.lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     env = jinja2.Environment(
@@ -44,6 +59,8 @@ def environment() -> jinja2.Environment:
     )
     env.filters["yaml_str"] = yaml_str
     env.filters["yaml_bool"] = yaml_bool
+    env.filters["toml_str"] = toml_str
+    env.filters["systemd_quote"] = systemd_quote
     return env
 
 

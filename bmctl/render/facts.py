@@ -17,6 +17,10 @@ class NodeFacts:
     macs: tuple = ()            # the MAC address of every interface
     os: str = ""
     kernel: str = ""
+    init: str = "systemd"          # "systemd" when PID 1 is systemd (/run/systemd/system), else "other"
+    cgroup_version: int = 2
+    cap_sys_resource: bool = True  # in the bounding set (a container or restricted VM may lack it)
+    os_release: tuple = ()         # (ID, ID_LIKE) of /etc/os-release
 
 
 def assumed_facts(config: ClusterConfig) -> dict[str, NodeFacts]:

@@ -68,7 +68,7 @@ def apiserver_args(config: ClusterConfig) -> list[dict]:
 
 
 def kubeadm_config(config: ClusterConfig, node: Node, secrets: ClusterSecrets,
-                   ca_cert_hash: str = CA_HASH_PLACEHOLDER) -> RenderedFile:
+                   ca_cert_hash: str = CA_HASH_PLACEHOLDER, cgroup_driver: str = "systemd") -> RenderedFile:
     action = kubeadm_action(config, node)
     net = config.spec.clusterNetwork
     release = releases.of(config)
@@ -104,5 +104,6 @@ def kubeadm_config(config: ClusterConfig, node: Node, secrets: ClusterSecrets,
         etcd_image=release.kubeadm_image("etcd"),
         dns_image=release.kubeadm_image("coredns"),
         node_cidr_mask=node_cidr_prefix(config),
+        cgroup_driver=cgroup_driver,
     )
     return RenderedFile(KUBEADM_CONFIG, content, mode=0o600, secret=True)

@@ -22,8 +22,8 @@ BOOTSTRAP_DROPIN = "/etc/systemd/system/kubelet.service.d/20-bmctl-lb-bootstrap.
 MANIFESTS = "/etc/kubernetes/manifests"
 
 
-def lb_bootstrap_files(config: ClusterConfig) -> list[RenderedFile]:
+def lb_bootstrap_files(config: ClusterConfig, cgroup_driver: str = "systemd") -> list[RenderedFile]:
     return [RenderedFile(BOOTSTRAP_CONFIG, render("kubelet/lb-bootstrap-kubelet.yaml.j2", cluster=config.name,
-                                                  manifests=MANIFESTS), mode=0o644),
+                                                  manifests=MANIFESTS, cgroup_driver=cgroup_driver), mode=0o644),
             RenderedFile(BOOTSTRAP_DROPIN, render("kubelet/lb-bootstrap-dropin.conf.j2", cluster=config.name,
                                                   config=BOOTSTRAP_CONFIG), mode=0o644)]

@@ -1,0 +1,216 @@
+"""Registry endpoints, credentials and proxies as the config names them (pure; no network).
+
+Google bmctl's `registryMirrors[].endpoint` is `HOST:PORT` or `https://HOST:PORT`, optionally with a
+namespace: `HOST:PORT/v2/NAMESPACE` (the `/v2` is required then). bmctl also takes `http://` for a
+registry that serves plain HTTP (a lab, or a registry behind a trusted network), which containerd
+supports. Credentials come from a Docker `config.json` (`auths.HOST.auth` = base64 "user:password",
+or `username` + `password`), the format of Google's `pullCredentialConfigPath`.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+HOST = re.compile(r"^(?=.{1,253}(:|$))[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+                  r"(:[0-9]{1,5})?$")
+IPV6_HOST = re.compile(r"^\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$")
+NAMESPACE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(/[a-z0-9]+([._-][a-z0-9]+)*)*$")
+
+
+class EndpointError(ValueError):
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.message, self.fix = message, fix
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    scheme: str       # "https" or "http"
+    host: str         # HOST or HOST:PORT (as containerd and Docker config.json key it)
+    namespace: str    # "" or "team/images"
+
+    @property
+    def url(self) -> str:
+        """The registry's base URL as containerd's hosts.toml names it (with /v2/NAMESPACE when set)."""
+        return f"{self.scheme}://{self.host}" + (f"/v2/{self.namespace}" if self.namespace else "")
+
+    @property
+    def port(self) -> int:
+        tail = self.host.rsplit("]", 1)[-1]
+        return int(tail.rsplit(":", 1)[1]) if ":" in tail else (443 if self.scheme == "https" else 80)
+
+    @property
+    def hostname(self) -> str:
+        tail = self.host.rsplit("]", 1)[-1]
+        if self.host.startswith("["):
+            return self.host[1:self.host.index("]")]
+        return tail.rsplit(":", 1)[0] if ":" in tail else tail
+
+
+def valid_host(host: str) -> bool:
+    return bool(HOST.match(host) or IPV6_HOST.match(host))
+
+
+def parse_endpoint(endpoint: str) -> Endpoint:
+    text = endpoint.strip()
+    scheme = "https"
+    if "://" in text:
+        scheme, _, text = text.partition("://")
+        if scheme not in ("https", "http"):
+            raise EndpointError(f"{endpoint!r} has scheme {scheme!r}",
+                                "write https://HOST:PORT (or HOST:PORT, which means https), or http:// for a "
+                                "registry that serves plain HTTP")
+    host, _, path = text.partition("/")
+    if not valid_host(host):
+        raise EndpointError(f"{endpoint!r} does not start with a registry host",
+                            "write HOST:PORT, e.g. 10.200.0.5:5000 or registry.example.com")
+    port = host.rsplit("]", 1)[-1]
+    if ":" in port and not 0 < int(port.rsplit(":", 1)[1]) < 65536:
+        raise EndpointError(f"{endpoint!r} has no valid port", "use a port from 1 to 65535")
+    namespace = ""
+    if path.strip("/"):
+        if not path.startswith("v2/") or not NAMESPACE.match(path[3:].strip("/")):
+            raise EndpointError(f"{endpoint!r}: a namespace must be written /v2/NAMESPACE",
+                                "write HOST:PORT/v2/NAMESPACE (the /v2 is required), or drop the path")
+        namespace = path[3:].strip("/")
+    return Endpoint(scheme, host, namespace)
+
+
+def docker_credentials(path: Path, host: str) -> tuple[str, str] | None:
+    """(user, password) for `host` in a Docker config.json, or None when it has none.
+
+    Raises EndpointError when the file is not a Docker config."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise EndpointError(f"cannot read {path}: {exc.strerror}", "point it at a Docker config.json") from None
+    except ValueError:
+        raise EndpointError(f"{path} is not JSON", "point it at a Docker config.json "
+                            "({\"auths\": {\"HOST:PORT\": {\"auth\": \"base64 of user:password\"}}})") from None
+    auths = data.get("auths") if isinstance(data, dict) else None
+    if not isinstance(auths, dict):
+        raise EndpointError(f"{path} has no `auths` mapping", "write it as Docker does: "
+                            "{\"auths\": {\"HOST:PORT\": {\"auth\": \"base64 of user:password\"}}}")
+    for key, entry in auths.items():
+        name = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
+        if name != host or not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
+            return entry["username"], entry["password"]
+        try:
+            user, sep, password = base64.b64decode(entry.get("auth", ""), validate=True).decode().partition(":")
+        except (ValueError, UnicodeDecodeError):
+            raise EndpointError(f"{path}: auths.{key}.auth is not base64 of user:password",
+                                "write it with `echo -n user:password | base64`") from None
+        if sep and user:
+            return user, password
+        raise EndpointError(f"{path}: auths.{key}.auth is not base64 of user:password",
+                            "write it with `echo -n user:password | base64`")
+    return None
+
+
+@dataclass(frozen=True)
+class ProxyURL:
+    scheme: str
+    host: str
+    port: int
+    has_credentials: bool
+
+
+def parse_proxy(url: str) -> ProxyURL:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise EndpointError(f"{url!r} is not an http:// or https:// proxy URL",
+                            "write it as http://HOST:PORT (Google's format), e.g. http://proxy.example.com:3128")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise EndpointError(f"{url!r} has no valid port", "use a port from 1 to 65535") from None
+    if parts.path not in ("", "/") or parts.query or parts.fragment or any(c in url for c in " \"'\n,"):
+        raise EndpointError(f"{url!r} is not a plain proxy URL", "write only scheme, host and port "
+                            "(and user:password@ if the proxy needs it)")
+    return ProxyURL(parts.scheme, parts.hostname, port, parts.username is not None)
+
+
+# -- what the nodes get: read from the workstation's files once, rendered by render/node_software ----
+@dataclass(frozen=True)
+class Route:
+    """One place containerd may pull a registry host's images from."""
+    url: str                  # https://10.0.0.5:5000, or with /v2/NAMESPACE
+    mirror: bool              # a mirror (pull, resolve) or the registry itself
+    override_path: bool       # the URL carries the /v2/NAMESPACE path itself
+    ca_pem: str | None        # the CA that signs its certificate (from caCertPath)
+
+
+@dataclass(frozen=True)
+class HostAccess:
+    host: str                 # as images name it: registry.k8s.io, docker.io, 10.0.0.5:5000
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
+class RegistryAccess:
+    hosts: tuple[HostAccess, ...] = ()
+    credentials: tuple[tuple[str, tuple[str, str]], ...] = ()   # endpoint host -> (user, password)
+
+    @property
+    def mirrors(self) -> list[tuple[str, Endpoint]]:
+        return [(h.host, parse_endpoint(r.url)) for h in self.hosts for r in h.routes if r.mirror]
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every registry endpoint the nodes pull from (mirrors and private registries), once each."""
+        seen: dict[str, Endpoint] = {}
+        for h in self.hosts:
+            for r in h.routes:
+                e = parse_endpoint(r.url)
+                seen.setdefault(e.host, e)
+        return list(seen.values())
+
+
+def _read(path: str | None, base: str | None) -> str | None:
+    from bmctl.config.model import workstation_path
+    return None if path is None else Path(workstation_path(path, base)).read_text()
+
+
+def access(config) -> RegistryAccess:
+    """The registry mirrors (header) and private registries (nodeConfig) of a loaded config, with the
+    CA certificates and credentials they name read from the workstation (checked by the loader)."""
+    from bmctl.config.model import workstation_path
+    import os
+    base = os.path.dirname(os.path.abspath(config.path)) if config.path else None
+    hosts: dict[str, list[Route]] = {}
+    creds: dict[str, tuple[str, str]] = {}
+    for m in config.header.registryMirrors:
+        e = parse_endpoint(m.endpoint)
+        route = Route(e.url, True, bool(e.namespace), _read(m.caCertPath, base))
+        for host in m.hosts or ["docker.io"]:
+            hosts.setdefault(host, []).append(route)
+        if m.pullCredentialConfigPath:
+            found = docker_credentials(Path(workstation_path(m.pullCredentialConfigPath, base)), e.host)
+            if found:
+                creds[e.host] = found
+    for reg in config.spec.nodeConfig.privateRegistries:
+        ca = _read(reg.caCertPath, base)
+        if ca is not None or reg.host not in hosts:
+            hosts.setdefault(reg.host, []).append(Route(f"https://{reg.host}", False, False, ca))
+        if reg.pullCredentialConfigPath:
+            found = docker_credentials(Path(workstation_path(reg.pullCredentialConfigPath, base)), reg.host)
+            if found:
+                creds[reg.host] = found
+    return RegistryAccess(tuple(HostAccess(h, tuple(r)) for h, r in hosts.items()), tuple(creds.items()))
+
+
+def no_proxy(config) -> list[str]:
+    """spec.proxy.noProxy plus what must never go through the proxy: loopback, the cluster's pod and
+    Service CIDRs and DNS suffixes, the VIPs and every node address."""
+    net = config.spec.clusterNetwork
+    vips = [config.lb.vips.controlPlaneVIP, config.lb.vips.ingressVIP]
+    nodes = [a for n in config.all_nodes for a in (n.address, n.k8sIP) if a]
+    auto = ["localhost", "127.0.0.1", "::1", *net.pods.cidrBlocks, *net.services.cidrBlocks,
+            ".svc", ".svc.cluster.local", *[v for v in vips if v], *nodes]
+    user = config.spec.proxy.noProxy if config.spec.proxy else []
+    return list(dict.fromkeys([*user, *auto]))
