@@ -4,8 +4,8 @@ A plain-HTTP registry (crane's `registry serve`, the lab's registry) and a regis
 htpasswd auth (the CNCF Distribution registry, bmctl/lab/tlsregistry.py), each started on
 127.0.0.1 for one test and stopped by pid. The images: the lab's pause image (built from the cached
 pause binary), a one-file image and a two-platform Docker manifest list, in one bundle layout named
-as upstream names them (registry.k8s.io/pause:3.10.1@sha256:..., quay.io/metallb/speaker:v0.15.2,
-docker.io/library/haproxy:2.8-alpine). A tiny HTTP server serving tampered content checks that a
+as upstream names them, containerd's way (registry.k8s.io/pause:3.10.1, quay.io/metallb/speaker:v0.15.2,
+docker.io/library/haproxy:2.8-alpine; the digest is the index entry's own). A tiny HTTP server serving tampered content checks that a
 pull verifies every digest. Needs the crane, registry and pause binaries (python -m bmctl.lab.binaries;
 the registry is built here when Go is there).
 """
@@ -257,14 +257,18 @@ def test_push_then_pull_by_tag_and_digest(bundle, plain_registry, tmp_path):
         by_digest = oci.pull(f"registry.k8s.io/pause@{digests[PAUSE]}", w, registry_for=everything_from(registry))
         speaker = oci.pull(SPEAKER, w, registry_for=everything_from(registry))
         arm = oci.pull("haproxy:2.8-alpine", w, platform="linux/arm64", registry_for=everything_from(registry))
-    assert by_tag == (f"{PAUSE}@{digests[PAUSE]}", digests[PAUSE])
+    # named containerd's way: the reference without a digest (a digest-only one keeps it), the digest apart
+    assert by_tag == (PAUSE, digests[PAUSE])
     assert by_digest == (f"registry.k8s.io/pause@{digests[PAUSE]}", digests[PAUSE])
-    assert speaker[1] == digests[SPEAKER]
-    assert arm == (f"{HAPROXY}@{digests['haproxy-arm64']}", digests["haproxy-arm64"])  # the platform's manifest
+    assert speaker == (SPEAKER, digests[SPEAKER])
+    assert arm == (HAPROXY, digests["haproxy-arm64"])  # the platform's manifest
     assert_same_blobs(tmp_path / "pulled", layout_dir)
     names = {d["annotations"][oci.NAME_ANNOTATION]: d for d in oci.DirLayout(tmp_path / "pulled").images()}
-    assert names[f"{PAUSE}@{digests[PAUSE]}"]["annotations"][oci.REF_ANNOTATION] == "3.10.1"
-    assert names[f"{HAPROXY}@{digests['haproxy-arm64']}"]["mediaType"] == oci.DOCKER_MANIFEST
+    assert set(names) == {PAUSE, f"registry.k8s.io/pause@{digests[PAUSE]}", SPEAKER, HAPROXY}
+    assert names[PAUSE]["annotations"][oci.REF_ANNOTATION] == "3.10.1" and names[PAUSE]["digest"] == digests[PAUSE]
+    assert oci.REF_ANNOTATION not in names[f"registry.k8s.io/pause@{digests[PAUSE]}"]["annotations"]
+    assert names[HAPROXY]["mediaType"] == oci.DOCKER_MANIFEST
+    assert names[HAPROXY]["digest"] == digests["haproxy-arm64"]
 
     # the pulled layout pushes again as it is: no blob sent; only haproxy's tag moves (index -> arm64 manifest)
     again = oci.push_layout(oci.DirLayout(tmp_path / "pulled"), registry)
@@ -275,7 +279,7 @@ def test_push_then_pull_by_tag_and_digest(bundle, plain_registry, tmp_path):
 
     with oci.LayoutWriter(tmp_path / "all") as w:  # platform=None keeps the whole index
         got = oci.pull(f"{HAPROXY}@{digests[HAPROXY]}", w, platform=None, registry_for=everything_from(registry))
-    assert got == (f"{HAPROXY}@{digests[HAPROXY]}", digests[HAPROXY])
+    assert got == (HAPROXY, digests[HAPROXY])
     assert_same_blobs(tmp_path / "all", layout_dir)
     with pytest.raises(BmctlError, match=r"has no image for linux/s390x \(it has linux/amd64, linux/arm64\)"):
         oci.pull(f"{HAPROXY}@{digests[HAPROXY]}", oci.LayoutWriter(tmp_path / "x"), platform="linux/s390x",
@@ -315,6 +319,29 @@ def test_a_layout_whose_reference_names_another_digest_is_refused(bundle, tmp_pa
     (tmp_path / "l" / "index.json").write_text(json.dumps(index))
     with pytest.raises(BmctlError, match=f"names digest {other}, but the layout's manifest is {digests[PAUSE]}"):
         oci.push_layout(oci.DirLayout(tmp_path / "l"), oci.Registry(f"http://{plain_registry}"))
+
+
+def test_layouts_named_with_their_digest_still_push(bundle, tmp_path, plain_registry):
+    """Layouts written before the containerd naming (HOST/REPO:TAG@DIGEST) push as they are; a writer
+    that extends one names the image again without the digest, in place of the old entry."""
+    layout_dir, digests = bundle
+    shutil.copytree(layout_dir, tmp_path / "l")
+    index = json.loads((tmp_path / "l" / "index.json").read_text())
+    assert index["manifests"][0]["annotations"][oci.NAME_ANNOTATION] == PAUSE  # copy_image's name, no digest
+    index["manifests"][0]["annotations"][oci.NAME_ANNOTATION] = f"{PAUSE}@{digests[PAUSE]}"
+    (tmp_path / "l" / "index.json").write_text(json.dumps(index))
+    pushed = oci.push_layout(oci.DirLayout(tmp_path / "l"), oci.Registry(f"http://{plain_registry}"))
+    assert tuple(pushed[0]) == (f"{plain_registry}/pause:3.10.1", digests[PAUSE])
+    assert pushed[0].source == f"{PAUSE}@{digests[PAUSE]}"
+
+    w = oci.LayoutWriter(tmp_path / "l")
+    desc = w.add_image(digests[PAUSE], oci.OCI_MANIFEST, index["manifests"][0]["size"], f"{PAUSE}@{digests[PAUSE]}")
+    assert desc["annotations"] == {oci.NAME_ANNOTATION: PAUSE, oci.REF_ANNOTATION: "3.10.1"}
+    w.close()
+    names = [d["annotations"][oci.NAME_ANNOTATION] for d in oci.DirLayout(tmp_path / "l").images()]
+    assert names == [SPEAKER, HAPROXY, PAUSE]
+    with pytest.raises(BmctlError, match=f"names digest sha256:0{{64}}, not the manifest's {digests[PAUSE]}"):
+        w.add_image(digests[PAUSE], oci.OCI_MANIFEST, 1, f"{PAUSE}@sha256:{'0' * 64}")
 
 
 # -- TLS and authentication ---------------------------------------------------------------------------
@@ -389,7 +416,7 @@ def test_push_images_from_a_bundle_tar(bundle, tls_registry, tmp_path, capsys, m
     results = images_cmd.push_images(tar, tls_registry.address, tls_registry.cacert, creds, False)
     output = capsys.readouterr().out
     assert [r.digest for r in results] == [digests[PAUSE], digests[SPEAKER], digests[HAPROXY]]
-    assert f"{PAUSE}@{digests[PAUSE]} -> {tls_registry.address}/pause:3.10.1@{digests[PAUSE]} (3 blob(s)" in output
+    assert f"{PAUSE} -> {tls_registry.address}/pause:3.10.1@{digests[PAUSE]} (3 blob(s)" in output
     assert f"{HAPROXY} -> {tls_registry.address}/library/haproxy:2.8-alpine@{digests[HAPROXY]} (4 blob(s)" in output
     assert f"Pushed 3 image(s) to {tls_registry.address}: 9 blob(s) sent" in output
     assert PASSWORD not in output

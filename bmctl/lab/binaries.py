@@ -39,6 +39,7 @@ OWN_SOURCES = Path(__file__).resolve().parent / "cmd"
 
 KUBERNETES = "v1.34.2"
 KUBERNETES_DATE = "2025-11-11T19:00:37Z"  # the module's release time (buildDate: builds are reproducible)
+OTHER_KUBELET = "v1.33.6"  # the version stamped on the kubelet-other binary
 ETCD = "v3.6.5"
 COREDNS = "v1.12.1"
 FLANNEL = "v0.27.4"
@@ -62,13 +63,13 @@ def _x(var: str, value: str) -> str:
     return f"-X {var}={value}"
 
 
-def _k8s_ldflags() -> tuple[str, ...]:
+def _k8s_ldflags(stamp: str = KUBERNETES) -> tuple[str, ...]:
     """What kube::version::ldflags (hack/lib/version.sh) stamps, in both version packages.
 
     gitCommit stays unset (as upstream does when it builds outside git): the proxy gives no commit.
     """
-    major, minor = KUBERNETES[1:].split(".")[:2]
-    values = {"gitVersion": KUBERNETES, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean",
+    major, minor = stamp[1:].split(".")[:2]
+    values = {"gitVersion": stamp, "gitMajor": major, "gitMinor": minor, "gitTreeState": "clean",
               "buildDate": KUBERNETES_DATE}
     return tuple(_x(f"{pkg}.{k}", v) for pkg in K8S_VERSION_PACKAGES for k, v in values.items())
 
@@ -92,6 +93,10 @@ GROUPS = [
           {n: f"k8s.io/kubernetes/cmd/{n}" for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler",
                                                      "kube-proxy", "kubelet", "kubeadm", "kubectl")},
           _k8s_ldflags(), staging=True),
+    # The same kubelet stamped as another release (tests: preflight refuses a node whose kubelet is
+    # not the cluster's version). Only the link step differs from the kubelet above.
+    Group("kubelet-other", KUBERNETES, {"k8s.io/kubernetes": KUBERNETES},
+          {"kubelet-other": "k8s.io/kubernetes/cmd/kubelet"}, _k8s_ldflags(OTHER_KUBELET), staging=True),
     Group("etcd", ETCD, {"go.etcd.io/etcd/server/v3": ETCD, "go.etcd.io/etcd/etcdctl/v3": ETCD},
           {"etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3"},
           (_x("go.etcd.io/etcd/api/v3/version.GitSHA", "a061450"),)),  # the version itself is a constant there

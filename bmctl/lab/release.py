@@ -26,6 +26,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -58,14 +59,20 @@ def prepare(bin_cache: Path | None = None, image_cache: Path | None = None, say=
 
 def publish(netns: str, ip: str, disk_dir: Path, port: int = registry.PORT, say=images._print,
             built: dict | None = None) -> tuple[int, dict]:
-    """Start the registry in `netns` on ip:port (blobs in disk_dir) and push every image to it.
+    """Start the registry in `netns` on ip:port (blobs in disk_dir) and load the lab bundle's images
+    into it with `bmctl push images` (run inside `netns`, as an operator would at an air-gapped site).
 
     Returns (the registry's pid, the release dict). Stop the registry with registry.stop(pid).
     """
     built = built if built is not None else prepare(say=say)
+    path = bundle(say=say, built=built)
     pid = registry.start(netns, ip, Path(disk_dir), port)
     try:
-        registry.push_all(netns, f"{ip}:{port}", built)
+        proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "bmctl", "push", "images",
+                               "--source", str(path), "--private-registry", f"http://{ip}:{port}"],
+                              capture_output=True, text=True, timeout=900)
+        if proc.returncode != 0:
+            raise RuntimeError(f"bmctl push images into the lab registry failed: {(proc.stderr or proc.stdout)[-2000:]}")
     except BaseException:
         registry.stop(pid)
         raise

@@ -59,8 +59,8 @@ fi
 
 # Arguments: the record file, the cached archive, then the software paths. Prints "sha256 path" for
 # each path that exists (the recorded sha256 when size and mtime still match the record, else the
-# file hashed now), "archive <sha256>" for a complete upload left by an earlier run, and removes
-# temp files an interrupted run left next to the paths.
+# file hashed now), "archive <sha256>" for the archive an earlier run uploaded, and removes temp
+# files an interrupted run left next to the paths.
 _STATE = r'''
 record=$1 archive=$2; shift 2
 for f; do
@@ -74,17 +74,21 @@ for f; do
   [ -n "$sum" ] || sum=$(sha256sum -- "$f" | cut -d' ' -f1)
   echo "$sum $f"
 done
-rm -f -- "$archive".part
 [ -f "$archive" ] && echo "archive $(sha256sum -- "$archive" | cut -d' ' -f1)"
 exit 0
 '''
 
 # Arguments: archive, its sha256, then "path sha256" pairs of every software file, the ones to
 # install marked with a leading "+". Checks the archive, installs each marked file atomically (temp
-# file in the same folder, fsynced, renamed over the target), then writes the record.
+# file in the same folder, fsynced, renamed over the target), then writes the record. The archive
+# stays in /var/cache/bmctl (older ones go), so a re-run or a killed run never needs it sent again.
+# Uploads and installs on a node wait for each other (a killed bmctl's may still be finishing).
 _INSTALL = r'''
 set -eu
 archive=$1 sum=$2; shift 2
+mkdir -p /var/lib/bmctl
+exec 9>/var/lib/bmctl/software.lock
+flock 9
 echo "$sum  $archive" | sha256sum -c --quiet - >/dev/null 2>&1 || {
   echo "the uploaded node software archive $archive does not match its sha256" >&2; rm -f -- "$archive"; exit 3; }
 stage=$(mktemp -d /var/cache/bmctl/stage.XXXXXX)
@@ -113,13 +117,17 @@ while [ $# -ge 2 ]; do
   echo "$s $(stat -c '%s %Y' -- "$p") $p" >> "$record.tmp"
 done
 mv -f -- "$record.tmp" "$record"
-rm -f -- "$archive"
+for old in /var/cache/bmctl/node-software-*.tar.gz; do
+  [ "$old" = "$archive" ] || rm -f -- "$old"
+done
 '''
 
 # Uploads stdin to the archive path (a .part file renamed once complete and checked).
 _UPLOAD = r'''
 set -eu
-mkdir -p -m 0700 /var/cache/bmctl
+mkdir -p -m 0700 /var/cache/bmctl /var/lib/bmctl
+exec 9>/var/lib/bmctl/software.lock
+flock 9
 umask 077
 cat > "$1.part"
 echo "$2  $1.part" | sha256sum -c --quiet - >/dev/null 2>&1 || {
@@ -340,7 +348,7 @@ def install_bundle(ctx: Context, host: Host) -> dict:
     parts = sorted({software[p].part for p in differ})
     return {"changed": differ, "sent": sent,
             "summary": f"installed {len(differ)} file(s) of {', '.join(parts)}"
-                       + (f" ({sent / 1e6:.0f} MB sent)" if sent else " (archive already on the node)")}
+                       + (f" ({sent / 1e6:.0f} MB sent)" if sent else " (the archive was on the node already)")}
 
 
 def _package_plan(ctx: Context, facts: NodeFacts):

@@ -43,7 +43,7 @@ if [ -f "$record" ]; then
     case $path in /usr/local/bin/*|/usr/local/sbin/*|/opt/cni/bin/*) rm -f -- "$path";; esac
   done < "$record"
 fi
-rm -f -- "$record" "$@"
+rm -f -- "$record" "$@" /var/cache/bmctl/node-software-*.tar.gz
 rm -rf -- /etc/containerd/certs.d
 for d in /etc/systemd/system/containerd.service.d /etc/systemd/system/kubelet.service.d; do
   rmdir -- "$d" 2>/dev/null || true

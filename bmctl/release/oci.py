@@ -4,8 +4,10 @@
   TarLayout (the same inside an uncompressed tar, under `images/`, read member by member) and
   LayoutWriter (creates or extends a layout folder; index.json written atomically on close()).
   Each image of a layout's index.json is named by its `io.containerd.image.name` annotation (the
-  full reference, e.g. registry.k8s.io/pause:3.10.1) and `org.opencontainers.image.ref.name` (the
-  tag); it is a single-platform image manifest (OCI or Docker v2 schema 2) or an image index.
+  reference without any digest, e.g. registry.k8s.io/pause:3.10.1, containerd's convention; the
+  digest is the descriptor's own) and `org.opencontainers.image.ref.name` (the tag); it is a
+  single-platform image manifest (OCI or Docker v2 schema 2) or an image index. Layouts written
+  before (names ending in @sha256:...) are still read and pushed: that digest must be the descriptor's.
 - Registry: one registry endpoint (HOST:PORT, https://..., http://... for plain HTTP, and an
   optional namespace HOST:PORT/v2/NAMESPACE as Google bmctl's registryMirrors write it), TLS
   verified against the system CAs and --cacert, anonymous / HTTP Basic / Bearer token auth.
@@ -120,6 +122,16 @@ def parse_reference(text: str) -> Reference:
         raise BmctlError(f"{text!r} is not an image reference HOST/REPOSITORY:TAG[@sha256:DIGEST].",
                          "write it as registries name images, e.g. registry.k8s.io/pause:3.10.1.")
     return Reference(host, repo, tag, digest)
+
+
+def image_name(reference: str, digest: str | None = None) -> str:
+    """How a layout's index.json names an image (io.containerd.image.name): the reference without its
+    digest (registry.k8s.io/pause:3.10.1); a reference without a tag keeps HOST/REPO@DIGEST (`digest`
+    when given, else its own)."""
+    ref = parse_reference(reference)
+    if ref.tag:
+        return str(Reference(ref.host, ref.repo, ref.tag))
+    return str(Reference(ref.host, ref.repo, None, digest or ref.digest))
 
 
 def target_of(reference: str) -> tuple[str, str | None, str | None]:
@@ -382,21 +394,32 @@ class LayoutWriter(DirLayout):
 
     def add_image(self, manifest_digest: str, media_type: str, size: int, reference: str,
                   platform: dict | None = None) -> dict:
-        """Name the manifest (or index) `manifest_digest` in index.json as `reference` (its entry
-        replaces an earlier one of the same name); the descriptor added."""
+        """Name the manifest (or index) `manifest_digest` in index.json as `reference`, containerd's
+        way: io.containerd.image.name is the reference without its digest (HOST/REPO:TAG; a reference
+        with no tag keeps HOST/REPO@DIGEST), org.opencontainers.image.ref.name its tag, and the digest
+        is the descriptor's own. A digest in `reference` must be `manifest_digest`. Its entry replaces
+        an earlier one of the same name (with or without a digest); the descriptor added."""
         if not self.has_blob(manifest_digest):
             raise BmctlError(f"{self.where}: no blob {manifest_digest} to name {reference}.",
                              "add the manifest's blob before the image.")
         ref = parse_reference(reference)
-        annotations = {NAME_ANNOTATION: str(ref)}
+        if ref.digest and ref.digest != manifest_digest:
+            raise BmctlError(f"{self.where}: {reference} names digest {ref.digest}, not the manifest's "
+                             f"{manifest_digest}.", "name the image by the digest of the manifest stored.")
+        name = image_name(str(ref), manifest_digest)
+        annotations = {NAME_ANNOTATION: name}
         if ref.tag:
             annotations[REF_ANNOTATION] = ref.tag
         desc = {"mediaType": media_type, "digest": manifest_digest, "size": size, "annotations": annotations}
         if platform:
             desc["platform"] = platform
+
+        def same(d: dict) -> bool:
+            old = (d.get("annotations") or {}).get(NAME_ANNOTATION) or ""
+            return old == name or (ref.tag is not None and old.split("@", 1)[0] == name)
+
         with self._lock:
-            self._index["manifests"] = [d for d in self._index["manifests"]
-                                        if (d.get("annotations") or {}).get(NAME_ANNOTATION) != str(ref)] + [desc]
+            self._index["manifests"] = [d for d in self._index["manifests"] if not same(d)] + [desc]
         return desc
 
     def close(self) -> None:
@@ -1078,8 +1101,11 @@ def pull(reference: str, writer: LayoutWriter, platform: str | None = "linux/amd
          registry_for: Callable[[str], Registry] | None = None, workers: int = WORKERS) -> tuple[str, str]:
     """Pull an image (by tag and/or digest) into `writer`. From an image index, the manifest of
     `platform` is kept (platform=None: the whole index, every platform); each blob is checked against
-    its digest and size. The image is named in the layout's index.json as HOST/REPO:TAG@DIGEST with
-    the digest of what is kept; returns (that reference, the digest)."""
+    its digest and size. A reference with a digest must match what the registry serves (for an index:
+    the index's digest, checked before a platform is chosen). The image is named in the layout's
+    index.json containerd's way (see LayoutWriter.add_image): io.containerd.image.name = HOST/REPO:TAG
+    without any digest, org.opencontainers.image.ref.name = TAG, the digest kept in the descriptor;
+    returns (that name, the digest kept: the platform's manifest when one was chosen)."""
     ref = parse_reference(reference)
     registry = registry_for(ref.host) if registry_for else default_registry(ref.host)
     want = _platform(platform) if platform else None
@@ -1097,9 +1123,9 @@ def pull(reference: str, writer: LayoutWriter, platform: str | None = "linux/amd
                              "pull a single-platform image.")
     _fetch_tree(registry, ref, data, media_type, writer, want, workers)
     writer.add_blob(data, digest)
-    name = Reference(ref.host, ref.repo, ref.tag, digest)
-    writer.add_image(digest, media_type, len(data), str(name))
-    return str(name), digest
+    name = image_name(str(Reference(ref.host, ref.repo, ref.tag)) if ref.tag else str(ref), digest)
+    writer.add_image(digest, media_type, len(data), name)
+    return name, digest
 
 
 def _choose(children: list[dict], want: dict, where: str) -> dict:
