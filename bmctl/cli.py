@@ -135,6 +135,34 @@ def update_loadbalancer(cluster: str = ClusterOpt, workspace: Optional[Path] = W
     update_cmd.update_loadbalancer(cluster, workspace, yes, dry_run, accept_new_host_keys, concurrency)
 
 
+bundle_app = typer.Typer(help="Offline bundles: the node software and every image a cluster needs, in one file.",
+                         no_args_is_help=True)
+app.add_typer(bundle_app, name="bundle")
+
+
+class BundleSource(str, Enum):
+    official = "official"
+    lab = "lab"
+
+
+@bundle_app.command("build")
+def bundle_build(kubernetes: str = typer.Option(..., "--kubernetes", help="Kubernetes version, e.g. v1.34.2."),
+                 output: Optional[Path] = typer.Option(None, "--output", "-o", help="The bundle file [default: "
+                                                       "./bmctl-bundle-VERSION-linux-amd64.tar]."),
+                 source: BundleSource = typer.Option(BundleSource.official, "--from", help="official: download from "
+                                                     "upstream (needs internet access); lab: the lab's bundle, built "
+                                                     "on this machine."),
+                 release_file: Optional[Path] = typer.Option(None, "--release", help="A release file to build "
+                                                             "(default: bmctl's own for --kubernetes)."),
+                 mirror: Optional[str] = typer.Option(None, "--mirror", help="Fetch every https://HOST/PATH of the "
+                                                      "release as MIRROR/HOST/PATH (an artefact mirror).")) -> None:
+    """Build an offline bundle: the node software (checked against the checksums upstream publishes)
+    and every image (pinned by digest). Copy it next to the config and set bundlePath in its header."""
+    from bmctl.commands import bundle as bundle_cmd
+
+    bundle_cmd.build(kubernetes, output, source.value, release_file, mirror)
+
+
 push_app = typer.Typer(help="Push images into a registry.", no_args_is_help=True)
 app.add_typer(push_app, name="push")
 

@@ -18,7 +18,7 @@ import yaml
 
 from bmctl.lab.lab import Lab
 from bmctl.release.bundle import NODE_ARCHIVE, Bundle
-from lab.harness import kill_at_random_points, running_lab
+from lab.harness import Kube, http_get, kill_at_random_points, running_lab, start_web_service, wait_for
 
 MANAGED = ["/usr/local/bin", "/usr/local/sbin", "/opt/cni/bin", "/etc/containerd", "/etc/systemd/system"]
 
@@ -212,7 +212,7 @@ def test_push_images_then_a_cluster_through_a_tls_registry_with_credentials(lab,
             "auth": base64.b64encode(f"puller:{password}".encode()).decode()}}}))
         bundle = bundle_of(lab)
         push = lab.bmctl("push", "images", "--source", str(bundle.path), "--private-registry", f"{client_ip}:5443",
-                         "--cacert", str(reg.cacert), "--credential-file", str(creds), timeout=900)
+                         "--cacert", str(reg.cacert), "--credential-file", str(creds), timeout=900, cluster=False)
         assert push.returncode == 0, push.stdout + push.stderr
         assert password not in push.stdout + push.stderr
 
@@ -227,7 +227,9 @@ def test_push_images_then_a_cluster_through_a_tls_registry_with_credentials(lab,
         lab_registry.stop(lab.state["pids"]["registry"])
         proc = lab.bmctl("create", "cluster", "--force", config=variant, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "Phase 7/7: Verification" in proc.stdout
+        assert "Phase 6/6: Verification" in proc.stdout  # --force: no preflight
+        ip, _ = start_web_service(lab, Kube(lab))  # its image, too, comes through the TLS registry
+        assert wait_for(lambda: http_get(lab, ip), 90, "the LoadBalancer Service to answer", 0.5)
         logs = "".join(p.read_text(errors="replace") for p in (lab.workspace / "lab" / "log").rglob("*") if p.is_file())
         assert password not in proc.stdout + proc.stderr + logs
         node_ips = {n["address"] for n in lab.nodes}

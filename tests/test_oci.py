@@ -3,11 +3,12 @@
 A plain-HTTP registry (crane's `registry serve`, the lab's registry) and a registry with TLS and
 htpasswd auth (the CNCF Distribution registry, bmctl/lab/tlsregistry.py), each started on
 127.0.0.1 for one test and stopped by pid. The images: the lab's pause image (built from the cached
-pause binary), a one-file image and a two-platform Docker manifest list, in one bundle layout named
-as upstream names them, containerd's way (registry.k8s.io/pause:3.10.1, quay.io/metallb/speaker:v0.15.2,
-docker.io/library/haproxy:2.8-alpine; the digest is the index entry's own). A tiny HTTP server serving tampered content checks that a
-pull verifies every digest. Needs the crane, registry and pause binaries (python -m bmctl.lab.binaries;
-the registry is built here when Go is there).
+pause binary), a one-file image and a two-platform Docker manifest list, in one bundle layout
+named as upstream names them, containerd's way (registry.k8s.io/pause:3.10.1,
+quay.io/metallb/speaker:v0.15.2, docker.io/library/haproxy:2.8-alpine; the digest is the entry's
+own). A tiny HTTP server serving tampered content checks that a pull verifies every digest. Needs
+the crane, registry and pause binaries (python -m bmctl.lab.binaries; the registry is built here
+when Go is there).
 """
 from __future__ import annotations
 

@@ -125,9 +125,10 @@ class LabHarness:
 
     # -- running things -------------------------------------------------------------------------
     def bmctl(self, *args: str, config: Path | None = None, timeout: float = 300, check: bool = False,
-              background: bool = False):
+              background: bool = False, cluster: bool = True):
+        """bmctl from the client namespace, with -c the lab's config (or `config`) unless cluster=False."""
         argv = ["ip", "netns", "exec", self.client_ns, sys.executable, "-m", "bmctl", *args]
-        if config is not None or "-c" not in args:
+        if cluster and (config is not None or "-c" not in args):
             argv += ["-c", str(config or self.config)]
         env = {**os.environ, "BMCTL_WORKSPACE": str(self.workspace), "COLUMNS": "200"}
         if background:
