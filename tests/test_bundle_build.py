@@ -19,8 +19,6 @@ import http.server
 import io
 import json
 import random
-import socket
-import subprocess
 import tarfile
 import threading
 import time
@@ -33,22 +31,17 @@ import yaml
 from bmctl.commands import bundle as bundle_cmd
 from bmctl.commands import images as images_cmd
 from bmctl.errors import BmctlError
-from bmctl.lab import binaries, images, registry as lab_registry
+from bmctl.lab import binaries, images
 from bmctl.release import build, load, oci
 from bmctl.release.bundle import Bundle
 from conftest import require
+from lab.registries import docker_image, start_crane_registry, stop_crane_registry
 
 RELEASE = load(None)  # bmctl's own: the URLs and references the test serves
 VERSION = RELEASE.kubernetes
 # The checksum file's shape, as each project publishes it.
 SHAPES = {"kubelet": "bare", "kubeadm": "bare", "kubectl": "bare", "crictl": "bare", "containerd": "line",
           "runc": "list", "cni-plugins": "line"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha256(data: bytes) -> str:
@@ -150,59 +143,11 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 # -- upstream: the registry -------------------------------------------------------------------------
 
-def _docker_image(w: oci.LayoutWriter, arch: str) -> dict:
-    """A one-file Docker v2 schema 2 image for linux/ARCH in `w`; its descriptor for a manifest list."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        info = tarfile.TarInfo("arch.txt")
-        info.size = len(arch)
-        tar.addfile(info, io.BytesIO(arch.encode()))
-    layer = gzip.compress(raw.getvalue(), mtime=0)
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/true"]},
-                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha256(raw.getvalue())]}}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": w.add_blob(config),
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": w.add_blob(layer),
-                    "size": len(layer)}]}).encode()
-    return {"mediaType": oci.DOCKER_MANIFEST, "digest": w.add_blob(manifest), "size": len(manifest),
-            "platform": {"architecture": arch, "os": "linux"}}
-
-
-def start_registry(folder: Path) -> tuple[subprocess.Popen, str]:
-    """crane's registry on 127.0.0.1 (plain HTTP): (process, IP:PORT)."""
-    address = f"127.0.0.1:{free_port()}"
-    (folder / "disk").mkdir(parents=True)
-    with open(folder / "crane.log", "wb") as log:
-        proc = subprocess.Popen([lab_registry.crane(), "registry", "serve", "--address", address,
-                                 "--disk", str(folder / "disk")], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                oci.Registry(f"http://{address}").ping()
-                return proc, address
-            except BmctlError:
-                assert proc.poll() is None, (folder / "crane.log").read_text()
-                assert time.monotonic() < deadline, "crane registry did not answer"
-                time.sleep(0.05)
-    except BaseException:
-        stop_registry(proc)
-        raise
-
-
-def stop_registry(proc: subprocess.Popen) -> None:
-    lab_registry.stop(proc.pid)
-    proc.wait(5)
-
-
 class Registry:
     """The images of the release in one crane registry, one path per upstream host."""
 
     def __init__(self, folder: Path) -> None:
-        self.proc, self.address = start_registry(folder)
+        self.proc, self.address = start_crane_registry(folder)
         try:
             pause = images.write_layout(images.Image("pause", binaries.PAUSE_TAG,
                                                      [images.users(), images._bin("pause", "pause")],
@@ -213,7 +158,7 @@ class Registry:
             self.digests: dict[str, str] = {}  # reference -> digest of the linux/amd64 manifest
             for name, ref in RELEASE.images.items():
                 if name == "haproxy":  # a two-platform manifest list
-                    children = [_docker_image(w, "amd64"), _docker_image(w, "arm64")]
+                    children = [docker_image(w, "amd64"), docker_image(w, "arm64")]
                     index = json.dumps({"schemaVersion": 2, "mediaType": oci.DOCKER_LIST,
                                         "manifests": children}).encode()
                     self.haproxy_index = w.add_blob(index)
@@ -230,7 +175,7 @@ class Registry:
 
             oci.push_layout(oci.DirLayout(folder / "layout"), oci.Registry(f"http://{self.address}"), target)
         except BaseException:
-            stop_registry(self.proc)
+            stop_crane_registry(self.proc)
             raise
         self._registries: dict[str, oci.Registry] = {}
         self.hosts: list[str] = []
@@ -243,7 +188,7 @@ class Registry:
         return self._registries[host]
 
     def stop(self) -> None:
-        stop_registry(self.proc)
+        stop_crane_registry(self.proc)
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +273,7 @@ def test_full_build_verifies_and_pushes(upstream, tmp_path):
     assert [p.name for p in output.parent.iterdir()] == ["bundle.tar"]  # no temp file next to the bundle
 
     # the bundle's images push into another registry, each under its tag, as pulled
-    proc, other = start_registry(tmp_path / "other")
+    proc, other = start_crane_registry(tmp_path / "other")
     try:
         results = images_cmd.push_images(output, f"http://{other}", None, None, False)
         assert {r.source: r.digest for r in results} == {r: registry.digests[r] for r in RELEASE.images.values()}
@@ -337,7 +282,7 @@ def test_full_build_verifies_and_pushes(upstream, tmp_path):
             repo, tag, _ = oci.target_of(ref)
             assert target.manifest_digest(repo, tag) == registry.digests[ref], ref
     finally:
-        stop_registry(proc)
+        stop_crane_registry(proc)
     assert took < 30, took
 
 

@@ -18,7 +18,7 @@ import yaml
 
 from bmctl.lab.net import CANDIDATES
 
-from lab.harness import NET, kill_at_random_points, running_lab, stop, wait_for
+from lab.harness import NET, kill_at_random_points, running_lab, stop, wait_for, write_variant
 
 VIP = NET.ip(10)
 
@@ -181,14 +181,6 @@ def test_a_stopped_backend_is_taken_out(lab, created):
         assert None not in bodies and "n2" not in bodies, bodies
     finally:
         lab.start_backend(lab.node(NET.ip(12)))
-
-
-def write_variant(lab, mutate, name: str):
-    docs = list(yaml.safe_load_all(lab.config.read_text()))
-    mutate(docs)
-    path = lab.config.parent / name
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return path
 
 
 def failed_checks(proc) -> dict:

@@ -18,7 +18,8 @@ import yaml
 
 from bmctl.lab.lab import Lab
 from bmctl.release.bundle import NODE_ARCHIVE, Bundle
-from lab.harness import Kube, http_get, kill_at_random_points, running_lab, start_web_service, wait_for
+from lab.harness import (Kube, http_get, kill_at_random_points, running_lab, start_web_service, wait_for,
+                         write_variant)
 
 MANAGED = ["/usr/local/bin", "/usr/local/sbin", "/opt/cni/bin", "/etc/containerd", "/etc/systemd/system"]
 
@@ -52,14 +53,6 @@ def node_sh(lab, node: dict, script: str, check: bool = False):
 
 def bundle_of(lab) -> Bundle:
     return Bundle.open(yaml.safe_load_all(lab.config.read_text()).__next__()["bundlePath"])
-
-
-def write_variant(lab, mutate, name: str):
-    docs = list(yaml.safe_load_all(lab.config.read_text()))
-    mutate(docs)
-    path = lab.config.parent / name
-    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,6 @@ import http.server
 import io
 import json
 import shutil
-import socket
-import subprocess
 import tarfile
 import threading
 import time
@@ -34,20 +32,15 @@ from cryptography.hazmat.primitives.asymmetric import padding
 
 from bmctl.commands import images as images_cmd
 from bmctl.errors import BmctlError
-from bmctl.lab import binaries, images, pki, registry as lab_registry, tlsregistry
+from bmctl.lab import binaries, images, pki, tlsregistry
 from bmctl.release import oci
 from conftest import require
+from lab.registries import docker_image, free_port, start_crane_registry, stop_crane_registry
 
 USER, PASSWORD = "bmctl-pusher", "pw-Zq81-never-shown"
 PAUSE = "registry.k8s.io/pause:3.10.1"
 SPEAKER = "quay.io/metallb/speaker:v0.15.2"
 HAPROXY = "docker.io/library/haproxy:2.8-alpine"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sha(data: bytes) -> str:
@@ -66,32 +59,6 @@ def prerequisites():
     return True
 
 
-def _gz_tar(files: dict[str, bytes]) -> tuple[bytes, bytes]:
-    """(gzip'd tar, tar) of `files`, reproducible."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue(), mtime=0), raw.getvalue()
-
-
-def _docker_image(w: oci.LayoutWriter, arch: str) -> dict:
-    """A one-file Docker v2 schema 2 image for linux/ARCH in `w`; its descriptor for a manifest list."""
-    layer, raw = _gz_tar({"arch.txt": arch.encode()})
-    config = json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["/bin/true"]},
-                         "rootfs": {"type": "layers", "diff_ids": [sha(raw)]}}).encode()
-    manifest = json.dumps({
-        "schemaVersion": 2, "mediaType": oci.DOCKER_MANIFEST,
-        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": w.add_blob(config),
-                   "size": len(config)},
-        "layers": [{"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "digest": w.add_blob(layer),
-                    "size": len(layer)}]}).encode()
-    return {"mediaType": oci.DOCKER_MANIFEST, "digest": w.add_blob(manifest), "size": len(manifest),
-            "platform": {"architecture": arch, "os": "linux"}}
-
-
 @pytest.fixture(scope="module")
 def bundle(prerequisites, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A layout with the three images, and reference -> manifest digest."""
@@ -106,7 +73,7 @@ def bundle(prerequisites, tmp_path_factory) -> tuple[Path, dict[str, str]]:
     for built, name in ((pause, f"{PAUSE}@{pause.digest}"), (speaker, SPEAKER)):
         src = oci.DirLayout(built.layout)
         oci.copy_image(src, src.images()[0], w, name)
-    children = [_docker_image(w, "amd64"), _docker_image(w, "arm64")]
+    children = [docker_image(w, "amd64"), docker_image(w, "arm64")]
     index = json.dumps({"schemaVersion": 2, "mediaType": oci.DOCKER_LIST, "manifests": children}).encode()
     w.add_blob(index)
     w.add_image(sha(index), oci.DOCKER_LIST, len(index), HAPROXY)
@@ -120,26 +87,11 @@ def bundle(prerequisites, tmp_path_factory) -> tuple[Path, dict[str, str]]:
 @pytest.fixture
 def plain_registry(prerequisites, tmp_path) -> str:
     """crane's registry on 127.0.0.1 (plain HTTP, no auth); its IP:PORT."""
-    address = f"127.0.0.1:{free_port()}"
-    (tmp_path / "disk").mkdir()
-    with open(tmp_path / "crane.log", "wb") as log:
-        proc = subprocess.Popen([lab_registry.crane(), "registry", "serve", "--address", address,
-                                 "--disk", str(tmp_path / "disk")], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+    proc, address = start_crane_registry(tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                oci.Registry(f"http://{address}").ping()
-                break
-            except BmctlError:
-                assert proc.poll() is None, (tmp_path / "crane.log").read_text()
-                assert time.monotonic() < deadline, "crane registry did not answer"
-                time.sleep(0.05)
         yield address
     finally:
-        lab_registry.stop(proc.pid)
-        proc.wait(5)
+        stop_crane_registry(proc)
 
 
 @pytest.fixture

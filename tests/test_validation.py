@@ -467,7 +467,7 @@ def test_mirrors_proxy_and_private_registries_load(tmp_path):
     ca.write_text("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n")
     creds = _docker_config(tmp_path, {"https://10.0.0.5:5000": {"auth": base64.b64encode(b"puller:s3cret").decode()}})
     docs[0]["registryMirrors"] = [{"endpoint": "https://10.0.0.5:5000/v2/team", "caCertPath": "ca.crt",
-                                   "pullCredentialConfigPath": "config.json",
+                                   "pullCredentialConfigPath": creds.name,
                                    "hosts": ["registry.k8s.io", "quay.io"]}]
     docs[2]["spec"]["proxy"] = {"url": "http://proxy.example.com:3128", "noProxy": [".corp.example.com"]}
     docs[2]["spec"]["nodeConfig"] = {"privateRegistries": [{"host": "10.0.0.5:5000", "caCertPath": str(ca)}]}

@@ -80,36 +80,54 @@ def parse_endpoint(endpoint: str) -> Endpoint:
     return Endpoint(scheme, host, namespace)
 
 
-def docker_credentials(path: Path, host: str) -> tuple[str, str] | None:
-    """(user, password) for `host` in a Docker config.json, or None when it has none.
+DOCKER_HUB_KEYS = {"docker.io", "index.docker.io", "registry-1.docker.io"}
 
-    Raises EndpointError when the file is not a Docker config."""
+
+def _auths_host(key: str) -> str:
+    """The host of a Docker config `auths` key or of an endpoint (HOST, https://HOST/v1/, HOST/v2/ns)."""
+    key = key.strip()
+    if "://" in key:
+        key = key.split("://", 1)[1]
+    return key.split("/", 1)[0].lower()
+
+
+def docker_credentials(path: Path, host: str) -> tuple[str, str] | None:
+    """(user, password) for `host` (HOST[:PORT]; a scheme or namespace path is ignored) in a Docker
+    config.json: `auths.HOST.auth` (base64 of user:password) or `username` + `password` (Docker
+    Hub's keys are aliases of each other); None when it names no credential for that host.
+
+    Raises EndpointError when the file cannot be read or is not a Docker config."""
+    path = Path(path).expanduser()
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise EndpointError(f"credential file {path} does not exist",
+                            "point at a Docker config.json (e.g. ~/.docker/config.json after `docker login`)") from None
     except OSError as exc:
-        raise EndpointError(f"cannot read {path}: {exc.strerror}", "point it at a Docker config.json") from None
-    except ValueError:
-        raise EndpointError(f"{path} is not JSON", "point it at a Docker config.json "
-                            "({\"auths\": {\"HOST:PORT\": {\"auth\": \"base64 of user:password\"}}})") from None
+        raise EndpointError(f"cannot read {path}: {exc.strerror}", "check its path and permissions") from None
+    except ValueError as exc:
+        raise EndpointError(f"{path} is not JSON ({exc})", "write it as Docker does: "
+                            "{\"auths\": {\"HOST:PORT\": {\"auth\": \"base64 of user:password\"}}}") from None
     auths = data.get("auths") if isinstance(data, dict) else None
     if not isinstance(auths, dict):
         raise EndpointError(f"{path} has no `auths` mapping", "write it as Docker does: "
                             "{\"auths\": {\"HOST:PORT\": {\"auth\": \"base64 of user:password\"}}}")
+    want = _auths_host(host)
+    wanted = DOCKER_HUB_KEYS if want in DOCKER_HUB_KEYS else {want}
     for key, entry in auths.items():
-        name = urlsplit(key).netloc if "://" in key else key.split("/", 1)[0]
-        if name != host or not isinstance(entry, dict):
+        if _auths_host(key) not in wanted or not isinstance(entry, dict):
             continue
-        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
-            return entry["username"], entry["password"]
-        try:
-            user, sep, password = base64.b64decode(entry.get("auth", ""), validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            raise EndpointError(f"{path}: auths.{key}.auth is not base64 of user:password",
-                                "write it with `echo -n user:password | base64`") from None
-        if sep and user:
+        if entry.get("auth"):
+            try:
+                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                sep = user = ""
+            if not sep or not user:
+                raise EndpointError(f"{path}: auths.{key}.auth is not the base64 of USER:PASSWORD",
+                                    "write it as the output of `printf %s USER:PASSWORD | base64 -w0`")
             return user, password
-        raise EndpointError(f"{path}: auths.{key}.auth is not base64 of user:password",
-                            "write it with `echo -n user:password | base64`")
+        if entry.get("username") and entry.get("password") is not None:
+            return str(entry["username"]), str(entry["password"])
     return None
 
 

@@ -72,11 +72,16 @@ def start(netns: str, ip: str, disk_dir: Path, port: int = PORT, log: Path | Non
 
 def stop(pid: int, timeout: float = 5) -> None:
     """Stop the registry started as `pid` (SIGTERM, then SIGKILL); a pid that is no registry is left alone."""
+    stop_pid(pid, lambda cmdline: b"registry\0serve\0" in cmdline, timeout)
+
+
+def stop_pid(pid: int, is_ours, timeout: float = 5) -> None:
+    """SIGTERM `pid`, then SIGKILL, when `is_ours(its /proc cmdline)`; reap it when it is our child."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except FileNotFoundError:
         return
-    if b"registry\0serve\0" not in cmdline:
+    if not is_ours(cmdline):
         return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
         try:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 import bcrypt
 import yaml
 
-from bmctl.lab import binaries, pki
+from bmctl.lab import binaries, pki, registry
 
 REALM = "bmctl-lab-registry"
 BCRYPT_COST = 4  # the registry checks the hash on every request: the lowest cost keeps tests fast
@@ -78,14 +77,6 @@ def write_config(folder: Path, ip: str, port: int, users: dict[str, str] | None,
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
 def start(folder: Path, ip: str = "127.0.0.1", port: int = 5443, netns: str | None = None,
           users: dict[str, str] | None = None, tls: bool = True, token: dict | None = None,
           timeout: float = 15) -> TlsRegistry:
@@ -102,15 +93,15 @@ def start(folder: Path, ip: str = "127.0.0.1", port: int = 5443, netns: str | No
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True, env={**os.environ, "OTEL_TRACES_EXPORTER": "none"})
-    registry = TlsRegistry(proc.pid, f"{ip}:{port}", folder / "pki" / "ca.crt", folder, log)
+    started = TlsRegistry(proc.pid, f"{ip}:{port}", folder / "pki" / "ca.crt", folder, log)
     deadline = time.monotonic() + timeout
     while True:
-        if not _alive(proc.pid):
+        if not registry._alive(proc.pid):
             proc.wait()
             raise RuntimeError(f"the TLS registry on {ip}:{port} exited: {log.read_text()[-2000:]}")
         # The registry logs "listening on IP:PORT" once its socket is bound: connections queue from then on.
         if b"listening on" in log.read_bytes()[seen:]:
-            return registry
+            return started
         if time.monotonic() > deadline:
             stop(proc.pid)
             raise RuntimeError(f"the TLS registry on {ip}:{port} did not listen within {timeout:.0f}s: "
@@ -120,23 +111,4 @@ def start(folder: Path, ip: str = "127.0.0.1", port: int = 5443, netns: str | No
 
 def stop(pid: int, timeout: float = 5) -> None:
     """Stop the registry started as `pid` (SIGTERM, then SIGKILL); a pid that is no registry is left alone."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:
-        return
-    if b"\0serve\0" not in cmdline or b"registry" not in cmdline:
-        return
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if not _alive(pid):
-            break
-    try:
-        os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-    except ChildProcessError:
-        pass
+    registry.stop_pid(pid, lambda cmdline: b"\0serve\0" in cmdline and b"registry" in cmdline, timeout)

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT, ClusterConfig
 from bmctl.config.registries import RegistryAccess, access
-from bmctl.errors import BmctlError
 from bmctl.host import Host, HostError, sync_files
 from bmctl.phases.base import Context, Phase, Step
 from bmctl.release import Release

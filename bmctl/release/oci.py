@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterable, Mapping
 
+from bmctl.config.registries import EndpointError, docker_credentials
 from bmctl.errors import BmctlError
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -1183,48 +1184,11 @@ def _fetch_tree(registry: Registry, ref: Reference, data: bytes, media_type: str
 
 # -- credentials ----------------------------------------------------------------------------------
 
-def _host_of(key: str) -> str:
-    """The host of a Docker config `auths` key (HOST, https://HOST/v1/, ...)."""
-    key = key.strip()
-    if "://" in key:
-        key = key.split("://", 1)[1]
-    return key.split("/", 1)[0].lower()
-
-
 def credentials_from_docker_config(path: str | Path, host: str) -> tuple[str, str] | None:
     """(username, password) for `host` (HOST[:PORT], a namespace path or scheme allowed) from a Docker
-    config.json: `auths.{HOST}.auth` (base64 of user:password) or its `username`/`password`; None
-    when the file names no credentials for that host."""
-    path = Path(path).expanduser()
+    config.json (bmctl.config.registries.docker_credentials, the parser the config's
+    pullCredentialConfigPath goes through too); None when it names none for that host."""
     try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise BmctlError(f"credential file {path} does not exist.",
-                         "pass a Docker config.json (e.g. ~/.docker/config.json after `docker login`).") from None
-    except OSError as exc:
-        raise BmctlError(f"credential file {path}: {exc.strerror}.", "check its path and permissions.") from None
-    except ValueError as exc:
-        raise BmctlError(f"credential file {path} is not JSON ({exc.msg}, line {exc.lineno}).",
-                         'write it as a Docker config.json: {"auths": {"HOST:PORT": {"auth": "<base64 of '
-                         'user:password>"}}}.') from None
-    auths = doc.get("auths") if isinstance(doc, dict) else None
-    if not isinstance(auths, dict):
-        return None
-    want = _host_of(host)
-    aliases = {DOCKER_HUB, "index.docker.io", DOCKER_HUB_API}
-    wanted = aliases if want in aliases else {want}
-    for key, entry in auths.items():
-        if _host_of(key) not in wanted or not isinstance(entry, dict):
-            continue
-        if entry.get("auth"):
-            try:
-                user, sep, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
-                sep = ""
-            if not sep or not user:
-                raise BmctlError(f"credential file {path}: auths.{key}.auth is not the base64 of USER:PASSWORD.",
-                                 "write it as the output of `printf %s USER:PASSWORD | base64 -w0`.")
-            return user, password
-        if entry.get("username") and entry.get("password") is not None:
-            return str(entry["username"]), str(entry["password"])
-    return None
+        return docker_credentials(Path(path), host)
+    except EndpointError as exc:
+        raise BmctlError(f"{exc.message}.", f"{exc.fix}.") from None

@@ -380,6 +380,16 @@ def kill_at_random_points(start, rng, longest: float, count: int = 20, earliest:
     return kills
 
 
+def write_variant(lab: "LabHarness", mutate, name: str) -> Path:
+    """A copy of the lab's config, changed by `mutate(docs)`, next to it as `name`."""
+    import yaml
+    docs = list(yaml.safe_load_all(lab.config.read_text()))
+    mutate(docs)
+    path = lab.config.parent / name
+    path.write_text(yaml.safe_dump_all(docs, sort_keys=False))
+    return path
+
+
 def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
