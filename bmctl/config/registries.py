@@ -224,11 +224,18 @@ def access(config) -> RegistryAccess:
 
 def no_proxy(config) -> list[str]:
     """spec.proxy.noProxy plus what must never go through the proxy: loopback, the cluster's pod and
-    Service CIDRs and DNS suffixes, the VIPs and every node address."""
+    Service CIDRs and DNS suffixes, the VIPs, every node address, and the registry mirrors (a site's
+    own registry, reached directly like the nodes)."""
     net = config.spec.clusterNetwork
     vips = [config.lb.vips.controlPlaneVIP, config.lb.vips.ingressVIP]
     nodes = [a for n in config.all_nodes for a in (n.address, n.k8sIP) if a]
+    mirrors = []
+    for m in config.header.registryMirrors:
+        try:
+            mirrors.append(parse_endpoint(m.endpoint).hostname)
+        except EndpointError:
+            pass
     auto = ["localhost", "127.0.0.1", "::1", *net.pods.cidrBlocks, *net.services.cidrBlocks,
-            ".svc", ".svc.cluster.local", *[v for v in vips if v], *nodes]
+            ".svc", ".svc.cluster.local", *[v for v in vips if v], *nodes, *mirrors]
     user = config.spec.proxy.noProxy if config.spec.proxy else []
     return list(dict.fromkeys([*user, *auto]))

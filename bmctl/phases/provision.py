@@ -146,6 +146,23 @@ crictl inspecti -q "$1" >/dev/null 2>&1 && { echo present; exit 0; }
 crictl pull "$1" >/dev/null && echo pulled
 '''
 
+# Arguments: the files this run wrote (or keeps). Removes bmctl's files that a config no longer asks
+# for: a hosts.toml (and its CA files) of a registry host no longer mirrored, the proxy drop-ins once
+# spec.proxy is gone. Prints each path removed.
+_STALE = r'''
+keep=" $* "
+for f in /etc/containerd/certs.d/*/hosts.toml /etc/containerd/certs.d/*/ca-*.crt \
+         /etc/systemd/system/containerd.service.d/http-proxy.conf /etc/systemd/system/kubelet.service.d/http-proxy.conf; do
+  [ -f "$f" ] || continue
+  case $keep in *" $f "*) continue;; esac
+  case $f in
+    */hosts.toml|*/http-proxy.conf) grep -q "Managed by bmctl" "$f" || continue;;
+  esac
+  rm -f -- "$f" && echo "$f"
+  rmdir -- "${f%/*}" 2>/dev/null || true
+done
+'''
+
 # Versions of what is on the PATH (root's: /usr/local first), one "name version" line each.
 VERSIONS = r'''
 PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
@@ -218,7 +235,7 @@ def node_config_files(config: ClusterConfig, release: Release, facts: NodeFacts,
     units = ns.unit_files(release.binaries["containerd"].version if "containerd" in release.binaries else "") \
         if from_bundle else []
     files = [*containerd, *proxy, *units]
-    unit_paths = {f.path for f in [*proxy, *units]}
+    unit_paths = {f.path for f in [*proxy, *units]} | set(ns.PROXY_DROPINS.values())
     restart_containerd = {ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.PROXY_DROPINS["containerd"]}
     restart_kubelet = {ns.KUBELET_UNIT, ns.KUBEADM_DROPIN, ns.PROXY_DROPINS["kubelet"]}
     return NodeConfigFiles(files, unit_paths, restart_containerd, restart_kubelet)
@@ -259,11 +276,18 @@ class Provision(Phase):
                 "pinned and held) and containerd from the distribution, unless the right versions are there")
 
     def _software_files(self, ctx: Context, facts: NodeFacts) -> list[RenderedFile]:
+        """With packages as the source: the plan's files and its script (what runs on the node, as
+        /var/lib/bmctl/install-packages.sh in the dry run); both families' when the node's OS is not
+        known (a dry run reads no node)."""
         if source(ctx.config) == "bundle":
             return []
-        plan = _package_plan(ctx, facts)
-        return [*plan.files, RenderedFile("/var/lib/bmctl/install-packages.sh", plan.script, mode=0o700)] \
-            if plan else []
+        plans = [_package_plan(ctx, facts)] if facts.os_release else \
+            [_package_plan(ctx, facts, family) for family in ("debian", "rhel")]
+        files: list[RenderedFile] = []
+        for plan in filter(None, plans):
+            suffix = "" if len(plans) == 1 else f"-{plan.family}"
+            files += [*plan.files, RenderedFile(f"/var/lib/bmctl/install-packages{suffix}.sh", plan.script, mode=0o700)]
+        return files
 
     def run(self, ctx: Context) -> None:
         config = ctx.config
@@ -286,6 +310,8 @@ class Provision(Phase):
             installed = install_bundle(ctx, host) if from_bundle else install_packages(ctx, host, facts[host.address])
             cfg = node_config_files(config, release, facts[host.address], driver, registries, from_bundle)
             written = [c.path for c in ctx.record(host.address, sync_files(host, cfg.files)) if c.status != "unchanged"]
+            written += host.run(["sh", "-c", _STALE, "sh", *(f.path for f in cfg.files)],
+                                step="remove registry and proxy files no longer configured").stdout.split()
             restarted = services(host, cfg, written, installed)
             pulled = host.run(["sh", "-c", _PULL, "sh", release.image("pause")], step="pull the sandbox image",
                               check=False, timeout=300)
@@ -350,11 +376,12 @@ def install_bundle(ctx: Context, host: Host) -> dict:
                        + (f" ({sent / 1e6:.0f} MB sent)" if sent else " (the archive was on the node already)")}
 
 
-def _package_plan(ctx: Context, facts: NodeFacts):
+def _package_plan(ctx: Context, facts: NodeFacts, family: str | None = None):
+    """The package manager's plan for the node (None when bmctl knows no package manager of its OS)."""
     from bmctl.config.registries import no_proxy
     from bmctl.render import packages
-    family = packages.os_family(dict(zip(("ID", "ID_LIKE"), (facts.os_release[0] if facts.os_release else "",
-                                                            " ".join(facts.os_release[1:])))))
+    family = family or packages.os_family(dict(zip(("ID", "ID_LIKE"), (
+        facts.os_release[0] if facts.os_release else "", " ".join(facts.os_release[1:])))))
     if family is None:
         return None
     proxy = ctx.config.spec.proxy
@@ -388,7 +415,7 @@ def services(host: Host, cfg: NodeConfigFiles, written: list[str], installed: di
     changed_files = set(written)
     binaries = set(installed.get("changed", []))
     script = ["set -e"]
-    if changed_files & cfg.units or binaries & {"packages"} or any(p in cfg.units for p in written):
+    if changed_files & cfg.units or "packages" in binaries:
         script.append("systemctl daemon-reload")
     restart_containerd = bool(changed_files & cfg.containerd) or any(
         b.startswith(("/usr/local/bin/containerd", "/usr/local/sbin/runc")) for b in binaries)
