@@ -138,6 +138,49 @@ def test_wrong_kubelet_is_refused_by_preflight_with_the_fix(lab):
         target.chmod(0o755)
 
 
+def containerd_environ(lab, node: dict) -> dict[str, str]:
+    pid = node_sh(lab, node, "pgrep -x containerd").stdout.split()[0]
+    raw = lab.lab.node_exec(node["name"], ["cat", f"/proc/{pid}/environ"]).stdout
+    return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
+
+
+def test_proxy_reaches_containerd_and_leaves_the_cluster_and_mirror_direct(lab):
+    """spec.proxy set to a proxy that does not exist: containerd is restarted with HTTPS_PROXY and a
+    NO_PROXY holding the node addresses, the VIP and the registry mirror, so the sandbox image still
+    comes straight from the mirror; removing spec.proxy removes the drop-ins and the variables."""
+    net = Lab.net_of(lab.state)
+    variant = write_variant(lab, lambda docs: docs[2]["spec"].update(
+        proxy={"url": f"http://{net.client_ip}:3128", "noProxy": [".corp.example.com"]}), "proxy.yaml")
+    for node in lab.nodes:  # the pull must happen again (through the mirror, not the proxy)
+        node_sh(lab, node, "crictl -r unix:///run/containerd/containerd.sock rmi --prune >/dev/null 2>&1; true")
+    proc = lab.bmctl("create", "cluster", "--until", "provision", "--force", config=variant, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.count("restarted: containerd") == len(lab.nodes), proc.stdout
+    for node in lab.nodes:
+        env = containerd_environ(lab, node)
+        assert env["HTTPS_PROXY"] == f"http://{net.client_ip}:3128"
+        skip = env["NO_PROXY"].split(",")
+        assert {".corp.example.com", net.registry_ip, net.vip, *(n["address"] for n in lab.nodes)} <= set(skip)
+    proc = lab.bmctl("create", "cluster", "--until", "provision", "--force", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for node in lab.nodes:
+        assert "HTTPS_PROXY" not in containerd_environ(lab, node)
+        assert not lab.node_file(node, "/etc/systemd/system/containerd.service.d/http-proxy.conf").exists()
+
+
+def test_reset_keeps_the_node_software_unless_purge(lab):
+    proc = lab.bmctl("reset", "cluster", "--force", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for node in lab.nodes:
+        assert node_sh(lab, node, "kubelet --version; systemctl is-active containerd").stdout.split()[-1] == "active"
+    proc = lab.bmctl("reset", "cluster", "--force", "--purge", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for node in lab.nodes:
+        left = node_sh(lab, node, "command -v kubelet kubeadm containerd runc crictl; ls -A /opt/cni/bin "
+                                  "/var/cache/bmctl /etc/containerd; systemctl is-active containerd").stdout
+        assert sorted(left.split()) == sorted(["/opt/cni/bin:", "/var/cache/bmctl:", "/etc/containerd:", "inactive"]), left
+
+
 def test_killed_at_random_moments_of_provisioning_converges(lab):
     """bmctl SIGKILLed at 10 random moments of the provisioning phase (upload, install, config,
     services), each followed by a re-run (killed again, or finishing); the last uninterrupted run
