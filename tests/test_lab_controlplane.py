@@ -145,8 +145,8 @@ def test_failover_when_keepalived_is_killed(lab, created):
     old = master(lab)
     os.kill(lab.pod_pid(old, "keepalived"), signal.SIGKILL)
     lab.wait_request(timeout=15)
-    # the kubelet stand-in restarts keepalived; the VIP ends on exactly one node
-    wait_for(lambda: lab.pod_pid(old, "keepalived"), 10, "keepalived restarted")
+    # the kubelet restarts keepalived (after its back-off); the VIP ends on exactly one node
+    wait_for(lambda: lab.running(old, "keepalived"), 30, "keepalived restarted")
     holders_settle(lab, timeout=20)
     lab.wait_request(timeout=10)
 

@@ -1,16 +1,21 @@
-"""The lab's unit supervisor reads units as systemd does: kubeadm's drop-in and bmctl's LB bootstrap
-drop-in change the kubelet's command line exactly as they would on a real node."""
+"""The lab's unit supervisor reads units as systemd does: the units bmctl installs (kubelet.service,
+kubeadm's drop-in) and bmctl's LB bootstrap drop-in change the kubelet's command line exactly as they
+would on a real node."""
 from __future__ import annotations
 
-from bmctl.lab import realnode, systemd
+from bmctl.lab import systemd
+from bmctl.render import node_software
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, lb_bootstrap_files
+
+UNITS = {f.path: f.content for f in node_software.unit_files("1.6.20")}
+KUBELET_UNIT, KUBEADM_DROPIN = UNITS[node_software.KUBELET_UNIT], UNITS[node_software.KUBEADM_DROPIN]
 
 
 def units(tmp_path, monkeypatch, dropins: dict[str, str]):
     etc, lib = tmp_path / "etc", tmp_path / "lib"
     (etc / "kubelet.service.d").mkdir(parents=True)
     lib.mkdir()
-    (etc / "kubelet.service").write_text(realnode.KUBELET_UNIT)
+    (etc / "kubelet.service").write_text(KUBELET_UNIT)
     for name, text in dropins.items():
         (etc / "kubelet.service.d" / name).write_text(text)
     monkeypatch.setattr(systemd, "UNIT_DIRS", (etc, lib))
@@ -24,7 +29,7 @@ def argv(unit: systemd.Unit, env_files: dict[str, str]) -> list[str]:
 
 
 def test_kubeadm_dropin_runs_the_kubelet_with_kubeadm_s_files(tmp_path, monkeypatch):
-    units(tmp_path, monkeypatch, {"10-kubeadm.conf": realnode.KUBEADM_DROPIN})
+    units(tmp_path, monkeypatch, {"10-kubeadm.conf": KUBEADM_DROPIN})
     unit = systemd.load_unit("kubelet")
     assert unit.restart == "always" and unit.restart_sec == 10
     flags = {"/var/lib/kubelet/kubeadm-flags.env": {"KUBELET_KUBEADM_ARGS": "--node-ip=192.0.2.11 --max-pods=16"},
@@ -43,7 +48,7 @@ def test_the_lb_bootstrap_dropin_makes_the_kubelet_standalone(tmp_path, monkeypa
     from conftest import base_docs, dump
     dropin = next(f for f in lb_bootstrap_files(parse_config(dump(base_docs()), "t.yaml"))
                   if f.path.endswith(".conf"))
-    units(tmp_path, monkeypatch, {"10-kubeadm.conf": realnode.KUBEADM_DROPIN,
+    units(tmp_path, monkeypatch, {"10-kubeadm.conf": KUBEADM_DROPIN,
                                   dropin.path.rsplit("/", 1)[1]: dropin.content})
     assert argv(systemd.load_unit("kubelet"), {}) == ["/usr/local/bin/kubelet", f"--config={BOOTSTRAP_CONFIG}"]
 

@@ -186,7 +186,7 @@ def software_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list
     from bmctl.phases.provision import VERSIONS, parse_versions, source, version_of
     a = host.address
     release = releases.of(config)
-    found = parse_versions(host.run(["sh", "-c", VERSIONS], step="read installed versions").stdout)
+    found = parse_versions(host.run(["sh", "-c", VERSIONS], step="read installed versions", sudo=False).stdout)
     wrong = [(n, found[n][0], version_of(found[n][1])) for n in ("kubelet", "kubeadm")
              if n in found and version_of(found[n][1]) != release.kubernetes]
     checks = []
@@ -218,7 +218,7 @@ def software_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list
     endpoints = access(config).endpoints()
     if endpoints:
         args = [x for e in endpoints for x in (e.hostname, str(e.port))]
-        out = host.run(["sh", "-c", _REACH, "sh", *args], step="reach the registries", timeout=60).stdout
+        out = host.run(["sh", "-c", _REACH, "sh", *args], step="reach the registries", timeout=60, sudo=False).stdout
         failed = [line.split()[1] for line in out.splitlines() if line.startswith("reach ") and line.endswith(" fail")]
         checks.append(Check(a, "registries reachable", "fail" if failed else "ok",
                             f"no TCP connection to {', '.join(failed)} (registryMirrors / privateRegistries): "
