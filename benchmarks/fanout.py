@@ -6,7 +6,7 @@ Run (root, from the repository; needs PyPI for ansible-core the first time):
     python benchmarks/fanout.py --reps 5 --profile        # also a pyinstrument profile of bmctl at 30
 
 Both tools run from the lab's client namespace, as an admin workstation would, against the same
-nodes (network namespaces with a real sshd each; the kubelet stand-ins do not start the pods, so
+nodes (network namespaces with a real sshd each, bare: no kubelet runs, so
 the nodes stay idle between runs). For each tool and size: a first run (the five files absent on
 every node) and a no-change re-run, each a fresh process, median of --reps runs.
 

@@ -36,8 +36,9 @@ SUDO_USER = "bmctl-ops"
 PLAIN_USER = "bmctl-plain"
 LAB_USERS = {SUDO_USER: True, PLAIN_USER: False}
 TOOLS = ["ip", "unshare", "mount", "ssh-keygen", "keepalived", "haproxy", "curl", "nsenter"]
-# Real nodes: the node software a machine prepared by hand would have (Debian packages); the rest is
-# built with Go (bmctl/lab/binaries.py).
+# Real nodes: what the lab's bundle takes from this machine's Debian packages (containerd, runc; the
+# CNI plugins too), and what kubeadm's preflight looks for on a node (conntrack, iptables); the rest
+# of the node software is built with Go (bmctl/lab/binaries.py).
 REAL_NODE_TOOLS = ["containerd", "runc", "conntrack", "iptables"]
 
 
@@ -96,6 +97,8 @@ class Lab:
         missing = [t for t in TOOLS + (REAL_NODE_TOOLS if real_nodes else []) if shutil.which(t, path=sbin) is None]
         if not os.path.exists("/usr/sbin/sshd"):
             missing.append("sshd")
+        if real_nodes and not os.path.exists("/usr/lib/cni/bridge"):  # the lab bundle's CNI plugins
+            missing.append("containernetworking-plugins")
         if missing:
             raise BmctlError(f"the lab needs {', '.join(missing)}.",
                              "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux "
@@ -108,7 +111,7 @@ class Lab:
         the lab's unit supervisor, pulling images from a registry in the lab (built here first, with
         progress through `say`); otherwise bare nodes run sshd alone (for benchmarks that only write
         files)."""
-        self.check_prerequisites()
+        self.check_prerequisites(real_nodes)
         if self.exists:
             raise BmctlError(f"a lab already exists at {self.state_dir}.", "run `bmctl lab down` first.")
         total = control_planes + lb_nodes + workers

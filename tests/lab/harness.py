@@ -88,7 +88,7 @@ class LabHarness:
         self.backends.clear()
         self.extra.clear()
         if self.lab.exists:
-            # keep the nodes' logs (pods, kubelet stand-in) next to the test's workspace
+            # keep the nodes' logs (units: containerd, kubelet) next to the test's workspace
             keep = self.workdir / "lab-logs"
             for node in self.nodes:
                 src = self.lab.state_dir / node["name"]
