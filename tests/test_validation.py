@@ -135,7 +135,26 @@ CASES = {
     "duplicate k8sIP": (_set((3, "spec", "nodes", 0, "k8sIP"), "192.0.2.11"),
                         "NodePool 'workers': spec.nodes[0].k8sIP", "already the IP of a node"),
     # modes, types, ports, VRRP
-    "bgp refused": (_set(LBP + ("type",), "bgp"), "spec.loadBalancer.type", "not supported yet"),
+    "bgp without localASN": (_set(LBP + ("type",), "bgp"), "spec.loadBalancer.localASN", "needs the cluster's own AS"),
+    "bgp without peers": (_both(_set(LBP + ("type",), "bgp"), _set(LBP + ("localASN",), 65001)),
+                          "spec.loadBalancer.bgpPeers", "at least one peer"),
+    "bgp asn reserved": (_both(_set(LBP + ("type",), "bgp"), _set(LBP + ("localASN",), 23456),
+                               _set(LBP + ("bgpPeers",), [{"ip": "192.0.2.1", "asn": 65000}])),
+                         "spec.loadBalancer.localASN", "not a usable AS number"),
+    "bgp peer asn too big": (_both(_set(LBP + ("type",), "bgp"), _set(LBP + ("localASN",), 65001),
+                                   _set(LBP + ("bgpPeers",), [{"ip": "192.0.2.1", "asn": 4294967295}])),
+                             "spec.loadBalancer.bgpPeers[0].asn", "not a usable AS number"),
+    "bgp peer is a node": (_both(_set(LBP + ("type",), "bgp"), _set(LBP + ("localASN",), 65001),
+                                 _set(LBP + ("bgpPeers",), [{"ip": "192.0.2.11", "asn": 65000}])),
+                           "spec.loadBalancer.bgpPeers[0].ip", "is a node of this cluster"),
+    "bgp peer twice": (_both(_set(LBP + ("type",), "bgp"), _set(LBP + ("localASN",), 65001),
+                             _set(LBP + ("bgpPeers",), [{"ip": "192.0.2.1", "asn": 65000},
+                                                        {"ip": "192.0.2.1", "asn": 65002}])),
+                       "spec.loadBalancer.bgpPeers[1].ip", "already bgpPeers[0]"),
+    "bgp peer cp node not cp": (_both(_set(LBP + ("type",), "bgp"), _set(LBP + ("localASN",), 65001),
+                                      _set(LBP + ("bgpPeers",), [{"ip": "192.0.2.1", "asn": 65000,
+                                                                  "controlPlaneNodes": ["192.0.2.21"]}])),
+                                "spec.loadBalancer.bgpPeers[0].controlPlaneNodes[0]", "not a control-plane node"),
     "unknown type": (_set(LBP + ("type",), "layer3"), "spec.loadBalancer.type", "not allowed"),
     "manual with pools": (_set(LBP + ("mode",), "manual"), "spec.loadBalancer.addressPools", "takes no address pools"),
     "port range": (_set(LBP + ("ports", "controlPlaneLBPort"), 70000), "spec.loadBalancer.ports.controlPlaneLBPort",
@@ -274,7 +293,7 @@ def test_every_problem_reported_at_once(tmp_path):
     _, problems = problems_for(docs, tmp_path)
     paths = {p.path for p in problems if p.severity == "error"}
     assert {"spec.loadBalancer.addressPools[0].addresses[0]", "spec.loadBalancer.addressPools[1].avoidBuggyIP",
-            "spec.loadBalancer.type", "spec.nodeAccess.loginUser"} <= paths
+            "spec.loadBalancer.localASN", "spec.nodeAccess.loginUser"} <= paths
 
 
 def test_malformed_yaml_names_line(tmp_path):
@@ -375,8 +394,10 @@ def test_bgp_sub_fields_are_not_unknown(tmp_path):
     docs = base_docs()
     lb(docs).update(type="bgp", localASN=65001, bgpPeers=[{"ip": "192.0.2.1", "asn": 65000,
                                                             "controlPlaneNodes": ["192.0.2.11"]}])
-    _, problems = problems_for(docs, tmp_path)
-    assert [p.path for p in problems if p.severity == "error"] == ["spec.loadBalancer.type"]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(dump(docs))
+    config = load_config(path)  # Google's BGP fields load as they are
+    assert config.lb.bgpPeers[0].controlPlaneNodes == ["192.0.2.11"]
 
 
 def test_update_refuses_node_settings_and_cni(tmp_path):

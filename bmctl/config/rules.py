@@ -190,12 +190,74 @@ def _check_network(config: model.ClusterConfig) -> list[Finding]:
     return out
 
 
+ASN_RANGE = (1, 4294967294)  # 0 and 4294967295 (AS_TRANS's neighbour, RFC 7300) are reserved
+AS_TRANS = 23456  # RFC 6793: stands in for a 4-byte ASN to old speakers, never a real AS
+
+
+def _check_bgp(config: model.ClusterConfig) -> list[Finding]:
+    """loadBalancer.type: bgp (Google's fields). What bmctl checks from the file: the ASNs, the peers
+    (an address that is no node, VIP or pool address; each once; controlPlaneNodes naming control-plane
+    nodes), and that bundled mode is on. That the pools lie outside the LB nodes' subnet (a routed
+    pool is advertised, not answered for on the segment) and that each peer answers on TCP 179 need
+    the nodes: preflight checks them."""
+    out: list[Finding] = []
+    lb = config.lb
+    if lb.mode != "bundled":
+        out.append(Finding(LB + ("type",), "type: bgp is a setting of bundled load balancing",
+                           "set mode: bundled, or remove type, localASN and bgpPeers"))
+        return out
+    if lb.localASN is None:
+        out.append(Finding(LB + ("localASN",), "BGP load balancing needs the cluster's own AS number",
+                           "set localASN, e.g. a private ASN from 64512-65534 or 4200000000-4294967294"))
+    for key, asn in (("localASN", lb.localASN), *((f"bgpPeers[{i}].asn", p.asn) for i, p in enumerate(lb.bgpPeers))):
+        if asn is None:
+            continue
+        path = LB + ((key,) if key == "localASN" else ("bgpPeers", int(key[9:key.index("]")]), "asn"))
+        if not ASN_RANGE[0] <= asn <= ASN_RANGE[1] or asn == AS_TRANS:
+            out.append(Finding(path, f"{asn} is not a usable AS number",
+                               "use 1 to 4294967294 except 23456 (AS_TRANS); private ASNs are 64512-65534 and "
+                               "4200000000-4294967294"))
+    if not lb.bgpPeers:
+        out.append(Finding(LB + ("bgpPeers",), "BGP load balancing needs at least one peer",
+                           "add bgpPeers: [{ip: ROUTER_IP, asn: ROUTER_ASN}] (the routers the LB nodes peer with)"))
+    nodes = {n.address for n in config.all_nodes} | {n.ip for n in config.all_nodes}
+    cps = {n.address for n in config.control_plane_nodes}
+    seen: dict[str, int] = {}
+    pools = []
+    for pool in lb.addressPools:
+        for text in pool.addresses:
+            try:
+                pools.append(parse_pool_entry(text))
+            except AddressError:
+                pass
+    for i, peer in enumerate(lb.bgpPeers):
+        path = LB + ("bgpPeers", i)
+        ip = _ip(peer.ip, path + ("ip",), out)
+        if ip is None:
+            continue
+        if str(ip) in nodes:
+            out.append(Finding(path + ("ip",), f"{ip} is a node of this cluster",
+                               "name the router's address: nodes do not peer with each other"))
+        elif str(ip) in (lb.vips.controlPlaneVIP, lb.vips.ingressVIP) or any(contains(r, ip) for r in pools):
+            out.append(Finding(path + ("ip",), f"{ip} is a VIP or a pool address of this cluster",
+                               "name the router's own address"))
+        if str(ip) in seen:
+            out.append(Finding(path + ("ip",), f"{ip} is already bgpPeers[{seen[str(ip)]}]",
+                               "list each router once"))
+        seen.setdefault(str(ip), i)
+        for j, node in enumerate(peer.controlPlaneNodes):
+            if node not in cps:
+                out.append(Finding(path + ("controlPlaneNodes", j), f"{node} is not a control-plane node address",
+                                   "list addresses of spec.controlPlane.nodePoolSpec.nodes, or leave "
+                                   "controlPlaneNodes out (every control-plane node)"))
+    return out
+
+
 def _check_load_balancer(config: model.ClusterConfig) -> list[Finding]:
     out: list[Finding] = []
     lb = config.lb
     if lb.type == "bgp":
-        out.append(Finding(LB + ("type",), "BGP load balancing is not supported yet",
-                           "use 'layer2' (the default); BGP mode will come in a later release"))
+        out.extend(_check_bgp(config))
     elif lb.localASN is not None or lb.bgpPeers:
         key = "localASN" if lb.localASN is not None else "bgpPeers"
         out.append(Finding(LB + (key,), f"{key} is for BGP load balancing, but type is {lb.type!r}",

@@ -7,6 +7,20 @@ the three IPv4 documentation ranges that collide with none of them:
   API VIP; nodes from A.11; the Service pool A.100-A.150, whose first address is the ingress VIP)
   and, in its unused top, the Service CIDR A.224/28 (ClusterIPs never leave a node);
 - the pod network B/24 (maxPodsPerNode 16 gives each node a /27 of it: up to 8 nodes run pods).
+
+With a router (`bmctl lab up --router`, `LabNet.routed`), the same A/24 is split in two, and
+everything outside the bridge's half is reached through the router, as from another rack:
+- A.0/25 is the bridge (the node subnet, prefix /25): A.1 this machine, if it joins; A.3 the
+  registry; A.10 the API VIP (still Keepalived in layer 2 among the LB nodes); nodes A.11-A.90;
+  A.126 the router's eth0 (`router_ip`; BGP router-id and every LB node's peer);
+- A.128/25 (`routed_cidr`) is behind the router: this machine and every node route it via A.126;
+  - A.160-A.175 the BGP Service pool (`bgp_pool`): LB nodes advertise what they serve, the
+    router installs one next hop per advertising node (ECMP); never on-link anywhere;
+  - A.192/28 the client subnet (`client_subnet`): A.193 the router's client0, A.194 the client,
+    whose only route is a default route via A.193 (it is not on the bridge);
+  - A.224/28 the Service CIDR, as without a router (ClusterIPs never leave a node).
+- the router's AS is 64512 (`router_asn`), the cluster's 64513 (`cluster_asn`); there is no
+  ingress VIP (Services get their addresses from the BGP pool). The pod network B/24 is unchanged.
 """
 from __future__ import annotations
 
@@ -21,13 +35,18 @@ from bmctl.errors import BmctlError
 CANDIDATES = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
 FIRST_NODE = 11
 MAX_NODES = 80
+ROUTER_ASN = 64512
+CLUSTER_ASN = 64513
 
 
 @dataclass(frozen=True)
 class LabNet:
-    """One lab's addresses (saved in its state, so every command and test reads the same)."""
+    """One lab's addresses (saved in its state, so every command and test reads the same).
+    `routed`: the lab has a BGP router (see the module's docstring); the router's fields are None
+    without one."""
     segment: str  # the node segment, e.g. "198.51.100.0/24"
     pods: str
+    routed: bool = False
 
     def ip(self, last: int) -> str:
         """The address of the node segment whose last octet is `last`."""
@@ -35,7 +54,8 @@ class LabNet:
 
     @property
     def prefix(self) -> int:
-        return 24
+        """The prefix length of the bridge (the node subnet)."""
+        return 25 if self.routed else 24
 
     @property
     def bridge_cidr(self) -> str:
@@ -47,7 +67,7 @@ class LabNet:
 
     @property
     def client_ip(self) -> str:
-        return self.ip(2)
+        return self.ip(194) if self.routed else self.ip(2)
 
     @property
     def registry_ip(self) -> str:
@@ -59,15 +79,48 @@ class LabNet:
 
     @property
     def pool(self) -> str:
-        return f"{self.ip(100)}-{self.ip(150)}"
+        """The Service pool lab.yaml names: the BGP pool with a router."""
+        return self.bgp_pool if self.routed else f"{self.ip(100)}-{self.ip(150)}"
 
     @property
-    def ingress_vip(self) -> str:
-        return self.ip(100)
+    def ingress_vip(self) -> str | None:
+        return None if self.routed else self.ip(100)
 
     @property
     def services(self) -> str:
         return f"{self.ip(224)}/28"
+
+    # -- with a router ------------------------------------------------------------------------
+    @property
+    def router_ip(self) -> str | None:
+        """The router's address on the bridge (eth0)."""
+        return self.ip(126) if self.routed else None
+
+    @property
+    def routed_cidr(self) -> str | None:
+        """The half of the node segment behind the router (BGP pool, client subnet, Service CIDR)."""
+        return f"{self.ip(128)}/25" if self.routed else None
+
+    @property
+    def bgp_pool(self) -> str | None:
+        return f"{self.ip(160)}-{self.ip(175)}" if self.routed else None
+
+    @property
+    def client_subnet(self) -> str | None:
+        return f"{self.ip(192)}/28" if self.routed else None
+
+    @property
+    def router_client_ip(self) -> str | None:
+        """The router's address on the client's link (client0): the client's default gateway."""
+        return self.ip(193) if self.routed else None
+
+    @property
+    def router_asn(self) -> int | None:
+        return ROUTER_ASN if self.routed else None
+
+    @property
+    def cluster_asn(self) -> int | None:
+        return CLUSTER_ASN if self.routed else None
 
     def node_ip(self, index: int) -> str:
         return self.ip(FIRST_NODE + index)
@@ -108,9 +161,9 @@ def collisions(candidate: str, used: list[netaddr.IPNetwork]) -> list[str]:
     return sorted({str(u) for u in used if u in net or net in u or net.first <= u.first <= net.last})
 
 
-def pick(subnet: str | None = None, used: list[netaddr.IPNetwork] | None = None) -> LabNet:
+def pick(subnet: str | None = None, used: list[netaddr.IPNetwork] | None = None, routed: bool = False) -> LabNet:
     """Two documentation /24s that collide with nothing on this machine; `subnet` chooses the
-    node segment."""
+    node segment; `routed`: the layout with a router (the same two /24s)."""
     used = host_networks() if used is None else used
     free = [c for c in CANDIDATES if not collisions(c, used)]
     if subnet is not None:
@@ -132,4 +185,4 @@ def pick(subnet: str | None = None, used: list[netaddr.IPNetwork] | None = None)
         raise BmctlError(f"the lab needs two of the documentation ranges {', '.join(CANDIDATES)} that this "
                          f"machine does not use, and only {len(free)} is free ({detail}).",
                          "run the lab on a machine (or in a network namespace) where two of them are unused.")
-    return LabNet(segment=free[0], pods=free[1])
+    return LabNet(segment=free[0], pods=free[1], routed=routed)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import re
+
 import yaml
 
 import bmctl.kube as kubeapi
@@ -61,7 +63,14 @@ LOG_WINDOW_SECONDS = 90
 SPEAKER_CHECK_SECONDS = 120
 
 
-def _speaker_metrics_problem(host: Host, pod) -> str | None:
+def _bgp_sessions_down(metrics: str, peers: list[str]) -> list[str]:
+    """The peers (IP) whose session a speaker's /metrics does not show up
+    (`metallb_bgp_session_up{peer="IP:179"} 1`, MetalLB v0.15.2 internal/bgp/native/stats.go)."""
+    up = set(re.findall(r'^metallb_bgp_session_up\{[^}]*peer="([^"]+):\d+"[^}]*\} 1$', metrics, re.M))
+    return [p for p in peers if p not in up]
+
+
+def _speaker_metrics_problem(host: Host, pod, peers: list[str] = ()) -> str | None:
     """Read the speaker's metrics from its node (hostNetwork: it listens on the node IP, status.hostIP)."""
     port = next(p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "monitoring")
     ip = pod.status.host_ip
@@ -76,7 +85,10 @@ def _speaker_metrics_problem(host: Host, pod) -> str | None:
         if name in SPEAKER_CONFIG_METRICS:
             values[name] = value.strip()
     bad = [f"{n} {values.get(n, 'missing')}" for n, want in SPEAKER_CONFIG_METRICS.items() if values.get(n) != want]
-    return f"it has not loaded MetalLB's configuration ({', '.join(bad)})" if bad else None
+    if bad:
+        return f"it has not loaded MetalLB's configuration ({', '.join(bad)})"
+    down = _bgp_sessions_down(res.stdout, list(peers))
+    return f"its BGP session to {', '.join(down)} is not established" if down else None
 
 
 def _speaker_refused(kube: Kube, pod) -> str | None:
@@ -110,7 +122,9 @@ def wait_speakers_working(ctx: Context, kube: Kube, names: list[str]) -> None:
     def working() -> bool:
         ready = {p.spec.node_name: p for p in _ready_pods(kube, "app=metallb,component=speaker")}
         pods = {address[n]: ready[n] for n in names if n in ready}
-        metrics = ctx.inventory.parallel(list(pods), lambda host: _speaker_metrics_problem(host, pods[host.address]))
+        peers = [p.ip for p in ctx.config.lb.bgpPeers] if ctx.config.lb.type == "bgp" else []
+        metrics = ctx.inventory.parallel(list(pods), lambda host: _speaker_metrics_problem(host, pods[host.address],
+                                                                                           peers))
         problems.clear()
         problems.update({n: "its speaker pod is not Ready" for n in names if n not in ready})
         for addr, pod in pods.items():
@@ -148,7 +162,7 @@ def refuse_stranding(kube: Kube, config) -> None:
 
 class DataPlaneLB(Phase):
     name = "data-plane-lb"
-    title = "Data-plane load balancer (MetalLB, layer 2)"
+    title = "Data-plane load balancer (MetalLB: layer 2 or BGP)"
 
     def applies(self, ctx: Context) -> bool:
         return ctx.config.runs_metallb

@@ -244,17 +244,31 @@ def _segment(config: ClusterConfig, facts: dict[str, NodeFacts]) -> tuple[list[C
     net = distinct.pop()
     checks = []
     outside = []
-    for name, vip in (("controlPlaneVIP", config.lb.vips.controlPlaneVIP), ("ingressVIP", config.lb.vips.ingressVIP)):
+    bgp = config.lb.type == "bgp"
+    vips = [("controlPlaneVIP", config.lb.vips.controlPlaneVIP)] + \
+        ([] if bgp else [("ingressVIP", config.lb.vips.ingressVIP)])
+    for name, vip in vips:
         if vip and parse_ip(vip) not in net:
             outside.append(f"{name} {vip}")
+    inside = []
     for pool in config.lb.addressPools:
         for text in pool.addresses:
             r = parse_pool_entry(text)
-            if r.version != net.version or r.first < net.first or r.last > net.last:
+            within = r.version == net.version and r.first >= net.first and r.last <= net.last
+            overlaps = r.version == net.version and r.first <= net.last and r.last >= net.first
+            if bgp and overlaps:
+                inside.append(f"pool {pool.name} {text}")
+            elif not bgp and not within:
                 outside.append(f"pool {pool.name} {text}")
     checks.append(Check(first, "one L2 subnet", "fail" if outside else "ok",
                         f"outside the load-balancer nodes' subnet {net}: {', '.join(outside)}" if outside
-                        else f"LB nodes, VIPs and pools in {net}"))
+                        else f"LB nodes, control-plane VIP{'' if bgp else ', ingress VIP and pools'} in {net}"))
+    if bgp:  # routed addresses: advertised to the routers, never answered for on the segment
+        checks.append(Check(first, "pools routed", "fail" if inside else "ok",
+                            f"in the load-balancer nodes' subnet {net}: {', '.join(inside)}: with type: bgp the "
+                            "pools are routed to the LB nodes, so they must lie outside every node subnet "
+                            "(a host on the segment would ARP for them and get no answer)" if inside else
+                            f"every pool outside {net}"))
     return checks, net
 
 
@@ -271,6 +285,23 @@ def _arp_candidates(config: ClusterConfig) -> list[str]:
             picks = {r.first + i for i in range(n // 2 + n % 2)} | {r.last - i for i in range(n // 2)}
             ips += [str(netaddr.IPAddress(p)) for p in sorted(picks)]
     return list(dict.fromkeys(ips))
+
+
+def bgp_checks(config: ClusterConfig, inventory: Inventory) -> list[Check]:
+    """Each LB node opens a TCP connection to each BGP peer's port 179."""
+    if config.lb.type != "bgp" or not config.lb.bgpPeers:
+        return []
+    args = [x for p in config.lb.bgpPeers for x in (p.ip, "179")]
+
+    def reach(host: Host) -> Check:
+        out = host.run(["sh", "-c", _REACH, "sh", *args], step="reach the BGP peers", timeout=60, sudo=False).stdout
+        failed = [line.split()[1] for line in out.splitlines() if line.startswith("reach ") and line.endswith(" fail")]
+        return Check(host.address, "BGP peers reachable", "fail" if failed else "ok",
+                     f"no TCP connection to {', '.join(failed)}: check that the router listens for this node "
+                     "(its neighbor or listen range) and that nothing filters port 179" if failed else
+                     ", ".join(f"{p.ip}:179" for p in config.lb.bgpPeers))
+    found = inventory.parallel([n.address for n in config.lb_nodes], reach)
+    return [found[n.address] for n in config.lb_nodes]
 
 
 def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str, NodeFacts],
@@ -319,6 +350,7 @@ def run_preflight(config: ClusterConfig, inventory: Inventory,
     checks = [c for a in facts for c in per_node[a]]
     if not any(c.check == "ssh + sudo" and c.status == "fail" for c in checks):
         checks += cluster_checks(config, inventory, facts)
+        checks += bgp_checks(config, inventory)
     return checks, facts
 
 
@@ -348,6 +380,9 @@ class Preflight(Phase):
             steps.append(Step(first, "all load-balancer nodes, VIPs and pools in one L2 subnet"))
             steps.append(Step(first, "VIPs and pool addresses not answering ARP"))
             steps.append(Step(first, f"no other VRRP router uses virtual_router_id {config.virtual_router_id}"))
+            if config.lb.type == "bgp":
+                steps.append(Step(first, "pools outside the LB nodes' subnet (routed); every LB node reaches "
+                                         + ", ".join(f"{p.ip}:179" for p in config.lb.bgpPeers)))
         return steps
 
     def run(self, ctx: Context) -> None:

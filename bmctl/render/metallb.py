@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import re
 from dataclasses import dataclass
 
 import netaddr
@@ -226,6 +227,24 @@ def address_pools(config: ClusterConfig) -> list[dict]:
     return pools
 
 
+BGP_ADVERTISEMENT = "bmctl-bgp"
+
+
+def bgp_peer_name(ip: str) -> str:
+    """A BGPPeer's name for a router address (DNS-safe: 192.0.2.1 -> bmctl-peer-192-0-2-1)."""
+    return "bmctl-peer-" + re.sub(r"[^0-9a-f]+", "-", ip.lower()).strip("-")
+
+
+def bgp_settings(config: ClusterConfig) -> dict | None:
+    """MetalLB's BGP objects for loadBalancer.type: bgp (None in layer 2): one BGPPeer per router,
+    spoken to by every LB node, and one BGPAdvertisement of every pool."""
+    lb = config.lb
+    if lb.type != "bgp":
+        return None
+    return {"local_asn": lb.localASN, "hold": "3s", "keepalive": "1s", "advertisement": BGP_ADVERTISEMENT,
+            "peers": [{"name": bgp_peer_name(p.ip), "asn": p.asn, "address": p.ip} for p in lb.bgpPeers]}
+
+
 def kube_proxy_config(config: ClusterConfig) -> str:
     return render("kubeadm/kube-proxy.yaml.j2", mode=config.spec.clusterNetwork.kubeProxyMode)
 
@@ -248,5 +267,5 @@ def metallb_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[Re
                                                       memberlist_key=secrets.memberlist_key), mode=0o600, secret=True))
     files.append(RenderedFile(POOLS_FILE, render("metallb/pools.yaml.j2", pools=address_pools(config),
                                                  l2_name=L2_ADVERTISEMENT, lb_label=LB_NODE_LABEL,
-                                                 namespace=NAMESPACE)))
+                                                 namespace=NAMESPACE, bgp=bgp_settings(config))))
     return sorted(files, key=lambda f: f.path)
