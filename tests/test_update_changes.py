@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from bmctl.config import load_config
+from bmctl.config import load_config, parse_config
 from bmctl.config.changes import compare
 from bmctl.config.loader import locate
 from conftest import base_docs, dump
@@ -171,3 +171,18 @@ def test_no_applied_config_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "bmctl", "update", "loadbalancer", "-c", "t1", "--dry-run"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1 and "no applied config" in proc.stderr and "create cluster" in proc.stderr
+
+
+def test_bgp_peers_change_live_and_the_asn_does_not():
+    def bgp(docs, peers, asn=64513):
+        docs[2]["spec"]["loadBalancer"].update(type="bgp", localASN=asn, bgpPeers=peers)
+        return docs
+    a = bgp(base_docs(), [{"ip": "192.0.2.1", "asn": 64512}, {"ip": "192.0.2.2", "asn": 64512}])
+    d = bgp(base_docs(), [{"ip": "192.0.2.1", "asn": 64520}, {"ip": "192.0.2.3", "asn": 64512}])
+    ch = compare(parse_config(dump(a), "a.yaml"), parse_config(dump(d), "d.yaml"))
+    assert not ch.refused
+    texts = sorted(c.text for c in ch.changes if c.group == "bgp-peers")
+    assert texts == ["add peer 192.0.2.3 (AS 64512)", "peer 192.0.2.1: AS 64512 -> 64520", "remove peer 192.0.2.2 (AS 64512)"]
+    d2 = bgp(base_docs(), [{"ip": "192.0.2.1", "asn": 64512}], asn=64999)
+    refused = compare(parse_config(dump(a), "a.yaml"), parse_config(dump(d2), "d.yaml")).refused
+    assert any(f.path[-1] == "localASN" for f in refused)

@@ -18,6 +18,7 @@ RECREATE = "or, to change it, `bmctl reset cluster` and create the cluster again
 GROUPS = {
     "pools-add": "Address pools to add",
     "pools-change": "Address pool settings to change",
+    "bgp-peers": "BGP peers to add, change or remove (MetalLB BGPPeer objects: sessions from every LB node)",
     "lb-remove": "Load-balancer nodes to remove (speaker, Keepalived and HAProxy stopped; label removed)",
     "lb-add": "Load-balancer nodes to add (joined if needed, labelled, speaker, Keepalived and HAProxy)",
     "backends": "Control-plane nodes in the HAProxy backends",
@@ -111,6 +112,21 @@ def compare(applied: ClusterConfig, desired: ClusterConfig) -> ConfigChanges:
 
     _immutable(refused, (*LB, "mode"), "spec.loadBalancer.mode", a_lb.mode, d_lb.mode)
     _immutable(refused, (*LB, "type"), "spec.loadBalancer.type", a_lb.type, d_lb.type)
+    _immutable(refused, (*LB, "localASN"), "the cluster's AS number (every BGP session would restart)",
+               a_lb.localASN, d_lb.localASN)
+    old_peers = {p.ip: p for p in a_lb.bgpPeers}
+    new_peers = {p.ip: (i, p) for i, p in enumerate(d_lb.bgpPeers)}
+    for ip, (i, peer) in new_peers.items():
+        old = old_peers.get(ip)
+        if old is None:
+            changes.append(Change("bgp-peers", (*LB, "bgpPeers", i), f"add peer {ip} (AS {peer.asn})"))
+        elif old != peer:
+            changes.append(Change("bgp-peers", (*LB, "bgpPeers", i), f"peer {ip}: AS {old.asn} -> {peer.asn}"
+                                  if old.asn != peer.asn else f"peer {ip}: controlPlaneNodes "
+                                  f"{_show(old.controlPlaneNodes)} -> {_show(peer.controlPlaneNodes)}"))
+    for ip, peer in old_peers.items():
+        if ip not in new_peers:
+            changes.append(Change("bgp-peers", (*LB, "bgpPeers"), f"remove peer {ip} (AS {peer.asn})"))
     _immutable(refused, (*LB, "ports", "controlPlaneLBPort"), "the control-plane LB port",
                a_lb.ports.controlPlaneLBPort, d_lb.ports.controlPlaneLBPort)
     _immutable(refused, (*LB, "vips", "controlPlaneVIP"), "the control-plane VIP",
