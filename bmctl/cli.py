@@ -198,12 +198,15 @@ def lab_up(workspace: Optional[Path] = WorkspaceOpt,
            subnet: Optional[str] = typer.Option(None, "--subnet", help="The node segment: one of "
                                                 "192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24 (default: the "
                                                 "first that collides with none of this machine's addresses "
-                                                "and routes).")) -> None:
+                                                "and routes)."),
+           router: bool = typer.Option(False, "--router", help="A BGP router (FRR) between the nodes and the "
+                                       "client; lab.yaml then has BGP load balancing (nodes on a /25, Service "
+                                       "pool .160-.175 advertised to the router at .126).")) -> None:
     """Start a lab: real nodes (containerd, kubelet, kubeadm; images in a registry of the lab) as network
     namespaces with sshd; builds what is missing first; writes bmctl-workspace/lab/lab.yaml."""
     from bmctl.commands import lab as lab_cmd
 
-    lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address, subnet)
+    lab_cmd.up(workspace, control_planes, lb_nodes, workers, host_address, subnet, router=router)
 
 
 @lab_app.command("demo")

@@ -16,15 +16,19 @@ def _lab(workspace: Path | None) -> Lab:
 
 
 def up(workspace: Path | None, control_planes: int, lb_nodes: int, workers: int, host_address: bool,
-       subnet: str | None = None, real_nodes: bool = True) -> None:
+       subnet: str | None = None, real_nodes: bool = True, router: bool = False) -> None:
     lab = _lab(workspace)
-    Lab.check_prerequisites(real_nodes)
+    Lab.check_prerequisites(real_nodes, router)
     Workspace("lab", workspace).ensure()
     state = lab.up(control_planes, lb_nodes, workers, host_address, subnet=subnet, real_nodes=real_nodes,
-                   say=lambda msg: out.print(msg, markup=False))
+                   say=lambda msg: out.print(msg, markup=False), router=router)
     net = Lab.net_of(state)
     out.print(f"Lab up: {len(state['nodes'])} nodes on {net.bridge_cidr}, pods on {net.pods} (bridge namespace "
               f"{state['bridge_ns']}, client namespace {state['client_ns']}).", markup=False)
+    if net.routed:
+        out.print(f"Router: {state['router']['ns']} (FRR, AS {net.router_asn}) at {net.router_ip}; BGP pool "
+                  f"{net.bgp_pool} (cluster AS {net.cluster_asn}); the client {net.client_ip} on "
+                  f"{net.client_subnet} behind it.", markup=False)
     out.print(f"Config: {state['config']}. Try: bmctl check preflight -c lab && bmctl create cluster -c lab")
 
 
@@ -42,6 +46,22 @@ def status(workspace: Path | None) -> None:
         table.add_row(r["name"], r["address"], r["role"], r["netns"], "up" if r["ssh"] else "down",
                       r["units"].get("containerd", "-"), r["units"].get("kubelet", "-"))
     out.print(table)
+    router = _lab(workspace).router_status()
+    if router is not None:
+        daemons = ", ".join(f"{d} {'running' if v['running'] else 'stopped'} (pid {v['pid']})"
+                            for d, v in router["daemons"].items())
+        out.print(f"Router {router['ns']}: {daemons or 'no daemons'}", markup=False)
+        if router["error"]:
+            out.print(f"  BGP sessions unknown: {router['error']}", markup=False)
+        sessions = Table(title="BGP sessions of the lab's router")
+        for col in ("peer", "AS", "state", "prefixes received"):
+            sessions.add_column(col)
+        for peer, s in sorted(router["sessions"].items()):
+            sessions.add_row(peer, str(s["asn"]), str(s["state"]), str(s["prefixes"]))
+        if router["sessions"]:
+            out.print(sessions)
+        elif not router["error"]:
+            out.print("  no BGP sessions (LB nodes peer once the cluster's load balancers run)", markup=False)
 
 
 DEMO_NAMESPACE = "bmctl-demo"

@@ -4,7 +4,9 @@ One network namespace per node on one bridge (the bridge in a namespace of its o
 per node with private /etc/kubernetes, /etc/keepalived, /etc/haproxy (and the other folders bmctl
 writes), a client namespace, documentation-range addresses only and no route out. Optionally the
 host itself gets an address on the bridge (a route to the lab subnet only), so that bmctl, kubectl
-and curl run from the host as from an admin workstation.
+and curl run from the host as from an admin workstation. With a router (`router=True`, `bmctl lab
+up --router`), a BGP router (FRR, bmctl/lab/router.py) stands between the bridge and the client,
+and the cluster's Services are advertised to it (the layout: bmctl/lab/net.py).
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ class Lab:
 
     # -- up -----------------------------------------------------------------------------------
     @staticmethod
-    def check_prerequisites(real_nodes: bool = False) -> None:
+    def check_prerequisites(real_nodes: bool = False, router: bool = False) -> None:
         if os.geteuid() != 0:
             raise BmctlError("the lab needs root (it creates network namespaces and mounts).",
                              "run `sudo bmctl lab up`.")
@@ -99,6 +101,12 @@ class Lab:
             missing.append("sshd")
         if real_nodes and not os.path.exists("/usr/lib/cni/bridge"):  # the lab bundle's CNI plugins
             missing.append("containernetworking-plugins")
+        if router:
+            from bmctl.lab import router as lab_router
+            lack = lab_router.missing()
+            if lack:
+                raise BmctlError(f"the lab's router (--router) needs FRR: {', '.join(lack)} missing.",
+                                 "install Debian's frr package: apt-get install frr")
         if missing:
             raise BmctlError(f"the lab needs {', '.join(missing)}.",
                              "install them: apt-get install keepalived haproxy openssh-server iproute2 curl util-linux "
@@ -106,28 +114,37 @@ class Lab:
 
     def up(self, control_planes: int = 3, lb_nodes: int = 2, workers: int = 1, host_address: bool = True,
            config_path: Path | None = None, cluster: str = "lab", subnet: str | None = None,
-           real_nodes: bool = True, say=None) -> dict:
+           real_nodes: bool = True, say=None, router: bool = False) -> dict:
         """`real_nodes`: every node runs a real containerd and kubelet (with kubeadm and crictl) under
         the lab's unit supervisor, pulling images from a registry in the lab (built here first, with
         progress through `say`); otherwise bare nodes run sshd alone (for benchmarks that only write
-        files)."""
-        self.check_prerequisites(real_nodes)
+        files). `router`: a BGP router (FRR) between the bridge and the client, the node subnet a
+        /25, and lab.yaml with BGP load balancing (see bmctl/lab/net.py and bmctl/lab/router.py)."""
+        self.check_prerequisites(real_nodes, router)
         if self.exists:
             raise BmctlError(f"a lab already exists at {self.state_dir}.", "run `bmctl lab down` first.")
         total = control_planes + lb_nodes + workers
         if control_planes < 1 or total > MAX_NODES:
             raise BmctlError(f"a lab has 1 to {MAX_NODES} nodes with at least one control-plane node.")
-        net = pick(subnet)
+        net = pick(subnet, routed=router)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
                  "pids": {}, "host_veth": None, "config": None, "cluster": cluster,
-                 "net": net.to_dict(), "real_nodes": real_nodes}
+                 "net": net.to_dict(), "real_nodes": real_nodes,
+                 "router": ({"ns": f"{prefix}-router", "dir": str(self.state_dir / "frr"), "pids": {}}
+                            if router else None)}
         self.save(state)  # from here on, `down` can undo whatever was made
         try:
             self._keys(state)
             self._network(state, control_planes, lb_nodes, workers, host_address)
+            if router:
+                from bmctl.lab import router as lab_router
+                try:
+                    lab_router.create(state, net)
+                finally:
+                    self.save(state)
             if real_nodes:
                 self._registry(state, say or (lambda msg: None))
             self._start_nodes(state)
@@ -167,7 +184,12 @@ class Lab:
             state["nodes"].append(node.__dict__)
             self.save(state)
             self._attach(br, node.netns, name, node.address, net.prefix)
-        self._attach(br, state["client_ns"], "client", net.client_ip, net.prefix)
+            if net.routed:  # the other half of the segment (Services, the client) is behind the router
+                sh("ip", "-n", node.netns, "route", "add", net.routed_cidr, "via", net.router_ip)
+        if net.routed:
+            self._router_links(state, net)
+        else:
+            self._attach(br, state["client_ns"], "client", net.client_ip, net.prefix)
         if host_address:
             state["host_veth"] = f"bl{state['id']}"
             self.save(state)
@@ -175,6 +197,23 @@ class Lab:
             sh("ip", "-n", br, "link", "set", "host", "master", "br0", "up")
             sh("ip", "addr", "add", f"{net.host_ip}/{net.prefix}", "dev", state["host_veth"])
             sh("ip", "link", "set", state["host_veth"], "up")
+            if net.routed:  # like a workstation in another rack: Service IPs and the client via the router
+                sh("ip", "route", "add", net.routed_cidr, "via", net.router_ip, "dev", state["host_veth"])
+
+    def _router_links(self, state: dict, net: LabNet) -> None:
+        """The router's namespace: eth0 on the bridge (router_ip), client0 to the client namespace,
+        whose one interface (eth0) has a default route via the router and nothing else."""
+        rns, client = state["router"]["ns"], state["client_ns"]
+        self._attach(state["bridge_ns"], rns, "router", net.router_ip, net.prefix)
+        sh("ip", "netns", "add", client)
+        sh("ip", "link", "add", "client0", "netns", rns, "type", "veth", "peer", "name", "eth0", "netns", client)
+        client_len = net.client_subnet.split("/")[1]
+        sh("ip", "-n", rns, "addr", "add", f"{net.router_client_ip}/{client_len}", "dev", "client0")
+        sh("ip", "-n", rns, "link", "set", "client0", "up")
+        sh("ip", "-n", client, "addr", "add", f"{net.client_ip}/{client_len}", "dev", "eth0")
+        sh("ip", "-n", client, "link", "set", "eth0", "up")
+        sh("ip", "-n", client, "link", "set", "lo", "up")
+        sh("ip", "-n", client, "route", "add", "default", "via", net.router_client_ip)
 
     def _attach(self, br: str, netns: str, port: str, address: str, prefix: int) -> None:
         sh("ip", "netns", "add", netns)
@@ -343,7 +382,8 @@ class Lab:
             from bmctl.lab import realnode, systemd
             systemd.kill_cgroup(realnode.node_cgroup(state["id"], name), timeout=0)
             systemd.remove_cgroup(realnode.node_cgroup(state["id"], name))  # a boot starts with none
-        self._reset_network(node, self.net_of(state).prefix)
+        net = self.net_of(state)
+        self._reset_network(node, net.prefix, [(net.routed_cidr, net.router_ip)] if net.routed else [])
         try:
             os.waitpid(state["pids"][name], 0)  # ours when this process powered the node on
         except ChildProcessError:
@@ -357,9 +397,10 @@ class Lab:
             time.sleep(0.1)
 
     @staticmethod
-    def _reset_network(node: dict, prefix: int) -> None:
-        """What a power cycle does to a machine's network: only its configured address is left (no
-        VIP, no bridge or veth of the pod network, no routes of it, no packet filter rules)."""
+    def _reset_network(node: dict, prefix: int, routes: list[tuple[str, str]] = ()) -> None:
+        """What a power cycle does to a machine's network: only its configured address (and its
+        configured `routes`, (destination, gateway) pairs) is left (no VIP, no bridge or veth of the
+        pod network, no routes of it, no packet filter rules)."""
         ns = node["netns"]
         for link in json.loads(sh("ip", "-n", ns, "-j", "link", "show").stdout or "[]"):
             if link["ifname"] not in ("lo", "eth0"):
@@ -367,6 +408,8 @@ class Lab:
         sh("ip", "-n", ns, "addr", "flush", "dev", "eth0")
         sh("ip", "-n", ns, "route", "flush", "table", "main")
         sh("ip", "-n", ns, "addr", "add", f"{node['address']}/{prefix}", "dev", "eth0")
+        for dst, via in routes:
+            sh("ip", "-n", ns, "route", "add", dst, "via", via)
         for tool in ("iptables-nft", "ip6tables-nft", "iptables-legacy", "ip6tables-legacy"):
             if shutil.which(tool, path="/usr/sbin:/sbin:" + os.environ.get("PATH", "")):
                 for table in ("filter", "nat", "mangle", "raw"):
@@ -391,9 +434,15 @@ class Lab:
         cps = [{"address": n["address"]} for n in nodes if n["role"] == "control-plane"]
         lbs = [{"address": n["address"]} for n in nodes if n["role"] == "load-balancer"]
         workers = [{"address": n["address"]} for n in nodes if n["role"] == "worker"]
-        lb: dict = {"mode": "bundled", "type": "layer2", "ports": {"controlPlaneLBPort": 443},
-                    "vips": {"controlPlaneVIP": net.vip, "ingressVIP": net.ingress_vip},
-                    "addressPools": [{"name": "lab-services", "addresses": [net.pool]}]}
+        if net.routed:  # Services advertised to the lab's router; the API VIP stays layer 2 (Keepalived)
+            lb: dict = {"mode": "bundled", "type": "bgp", "ports": {"controlPlaneLBPort": 443},
+                        "vips": {"controlPlaneVIP": net.vip},
+                        "addressPools": [{"name": "lab-services", "addresses": [net.bgp_pool]}],
+                        "localASN": net.cluster_asn, "bgpPeers": [{"ip": net.router_ip, "asn": net.router_asn}]}
+        else:
+            lb = {"mode": "bundled", "type": "layer2", "ports": {"controlPlaneLBPort": 443},
+                  "vips": {"controlPlaneVIP": net.vip, "ingressVIP": net.ingress_vip},
+                  "addressPools": [{"name": "lab-services", "addresses": [net.pool]}]}
         if lbs:
             lb["nodePoolSpec"] = {"nodes": lbs}
         header = {"sshPrivateKeyPath": str(self.state_dir / "id_ed25519"),
@@ -433,6 +482,9 @@ class Lab:
     # -- down ---------------------------------------------------------------------------------
     def down(self) -> None:
         state = self.load()
+        if state.get("router"):
+            from bmctl.lab import router as lab_router
+            lab_router.stop(state)
         for pid in state.get("pids", {}).values():
             _stop_group(pid, timeout=30)
         if state.get("real_nodes"):
@@ -442,7 +494,8 @@ class Lab:
             systemd.remove_cgroup(f"/bmctl-lab-{state['id']}")
         for node in state.get("nodes", []):
             sh("ip", "netns", "del", node["netns"], check=False)
-        for ns in (state.get("client_ns"), state.get("registry_ns"), state.get("bridge_ns")):
+        for ns in (state.get("client_ns"), (state.get("router") or {}).get("ns"), state.get("registry_ns"),
+                   state.get("bridge_ns")):
             if ns:
                 sh("ip", "netns", "del", ns, check=False)
         if state.get("host_veth"):
@@ -479,6 +532,11 @@ class Lab:
             rows.append({**node, "running": alive, "ssh": alive and self._listening(node["netns"], 22),
                          "units": units})
         return rows
+
+    def router_status(self) -> dict | None:
+        """The router's namespace, daemons (pid, running) and BGP sessions; None without a router."""
+        from bmctl.lab import router as lab_router
+        return lab_router.status(self.load())
 
     def netns_of(self, address: str) -> str:
         for node in self.load()["nodes"]:

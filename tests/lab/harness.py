@@ -66,12 +66,13 @@ def make_cert(folder: Path) -> tuple[Path, Path]:
 
 class LabHarness:
     def __init__(self, workdir: Path, control_planes: int = 3, lb_nodes: int = 0, workers: int = 0,
-                 real_nodes: bool = True) -> None:
+                 real_nodes: bool = True, router: bool = False) -> None:
         self.workdir = workdir
         self.workspace = workdir / "bmctl-workspace"
         self.lab = Lab(self.workspace / "lab" / "lab-state")
         self.sizes = (control_planes, lb_nodes, workers)
         self.real_nodes = real_nodes
+        self.router = router
         self.backends: dict[str, subprocess.Popen] = {}
         self.extra: list[subprocess.Popen] = []
         self.state: dict = {}
@@ -79,7 +80,8 @@ class LabHarness:
     # -- lifecycle ------------------------------------------------------------------------------
     def up(self) -> "LabHarness":
         (self.workspace / "lab").mkdir(parents=True, exist_ok=True)
-        self.state = self.lab.up(*self.sizes, host_address=False, subnet=NET.segment, real_nodes=self.real_nodes)
+        self.state = self.lab.up(*self.sizes, host_address=False, subnet=NET.segment, real_nodes=self.real_nodes,
+                                 router=self.router)
         return self
 
     def down(self) -> None:
@@ -402,7 +404,7 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.1):
 
 @contextmanager
 def running_lab(workdir: Path, control_planes: int, lb_nodes: int = 0, workers: int = 0,
-                needs: tuple[str, ...] = (), real_nodes: bool = True):
+                needs: tuple[str, ...] = (), real_nodes: bool = True, router: bool = False):
     """A lab for a test module; fails under CI=true (skips elsewhere) when a prerequisite is missing,
     and is always torn down."""
     from bmctl.lab import binaries
@@ -410,7 +412,11 @@ def running_lab(workdir: Path, control_planes: int, lb_nodes: int = 0, workers: 
     missing = lab_prerequisites(real_nodes) + [p for p in needs if not binaries.binary(p).exists()]
     require(not missing, f"lab prerequisites: {', '.join(missing)}"
             + (" (python -m bmctl.lab.binaries builds the Go parts)" if needs else ""))
-    harness = LabHarness(workdir, control_planes, lb_nodes, workers, real_nodes)
+    if router:
+        from bmctl.lab import router as lab_router
+        missing += lab_router.missing()
+        require(not missing, f"lab prerequisites: {', '.join(missing)}")
+    harness = LabHarness(workdir, control_planes, lb_nodes, workers, real_nodes, router)
     try:
         harness.up()
         yield harness
