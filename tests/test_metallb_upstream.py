@@ -382,3 +382,30 @@ def test_a_speaker_that_cannot_work_fails_naming_its_node(monkeypatch, metrics, 
     assert "MetalLB speaker(s) not working" in err.value.message and expected in err.value.message
     assert "192.0.2.11" not in err.value.message and "192.0.2.13" not in err.value.message
     assert "kubectl -n metallb-system logs" in err.value.fix and "re-run" in err.value.fix
+
+
+def test_bgp_peers_use_nothing_native_bgp_refuses():
+    """MetalLB's native BGP refuses a whole configuration when a BGPPeer sets an FRR-only field
+    (internal/config/validation.go, DiscardFRROnly): that list, read from MetalLB's own source and
+    mapped to the fields' JSON names, against every BGPPeer bmctl renders."""
+    import re
+    from bmctl.config import parse_config
+    from bmctl.render.metallb import metallb_manifests
+    from bmctl.secrets import ClusterSecrets
+    from conftest import base_docs, dump
+    validation = upstream_file("go.universe.tf/metallb", UPSTREAM_VERSION, "internal/config/validation.go",
+                               "bf42a944b13fffc7a42f3f516f8a5d1ca472332377312b0a4d55ab8287a39695").read_text()
+    types = upstream_file("go.universe.tf/metallb", UPSTREAM_VERSION, "api/v1beta2/bgppeer_types.go",
+                          "8e01a05a00ea00450fc6f508e3e709bfe275d3d2c6bf903390bc975dda17b7dd").read_text()
+    body = validation[validation.index("func DiscardFRROnly"):]
+    body = body[:body.index("\n}\n")]
+    go_fields = set(re.findall(r"if p\.Spec\.(\w+)", body))
+    json_of = dict(re.findall(r"^\s+(\w+)\s+\S+\s+`json:\"(\w+)", types, re.M))
+    refused = {json_of[f] for f in go_fields}
+    assert {"keepaliveTime", "bfdProfile", "vrf"} <= refused, refused  # the parse found the list
+    docs = base_docs()
+    docs[2]["spec"]["loadBalancer"].update(type="bgp", localASN=64513, bgpPeers=[{"ip": "192.0.2.1", "asn": 64512}])
+    config = parse_config(dump(docs), "t.yaml")
+    peers = [d for f in metallb_manifests(config, ClusterSecrets.generate())
+             for d in yaml.safe_load_all(f.content) if d and d["kind"] == "BGPPeer"]
+    assert peers and all(not (set(p["spec"]) & refused) for p in peers), [set(p["spec"]) & refused for p in peers]

@@ -241,7 +241,7 @@ def bgp_settings(config: ClusterConfig) -> dict | None:
     lb = config.lb
     if lb.type != "bgp":
         return None
-    return {"local_asn": lb.localASN, "hold": "3s", "keepalive": "1s", "advertisement": BGP_ADVERTISEMENT,
+    return {"local_asn": lb.localASN, "hold": "3s", "advertisement": BGP_ADVERTISEMENT,
             "peers": [{"name": bgp_peer_name(p.ip), "asn": p.asn, "address": p.ip} for p in lb.bgpPeers]}
 
 
