@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import collections
 import re
-import socket
 import time
 
 import pytest
 
 from bmctl.lab import router
-from lab.harness import Kube, in_netns, running_lab, start_web_service, wait_for
+from lab.harness import Kube, http_get, running_lab, start_web_service, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +39,6 @@ def lb_addresses(lab) -> set[str]:
     return {n["address"] for n in lab.nodes if n["role"] == "load-balancer"}
 
 
-def get(lab, ip: str, timeout: float = 1.0) -> str | None:
-    """One HTTP request from the client namespace (behind the router), a new connection each time."""
-    try:
-        with in_netns(lab.client_ns):
-            sock = socket.create_connection((ip, 80), timeout=timeout)
-        with sock:
-            sock.settimeout(timeout)
-            sock.sendall(f"GET / HTTP/1.0\r\nHost: {ip}\r\n\r\n".encode())
-            return sock.recv(4096).decode(errors="replace") or None
-    except OSError:
-        return None
-
-
 def test_create_checks_the_peers_and_the_routed_pools(lab, created):
     assert "BGP peers reachable" not in created.stdout or "fail" not in created.stdout
     out = " ".join(lab.bmctl("check", "preflight", "-o", "json").stdout.split())
@@ -70,7 +56,7 @@ def test_service_ip_is_routed_to_every_lb_node_and_answers_behind_the_router(lab
     hops = wait_for(lambda: (lambda h: h if set(h) == lb_addresses(lab) else None)(
         set(router.routes(lab.state, f"{service}/32"))), 30, f"an ECMP route for {service}")
     assert hops == lb_addresses(lab)
-    assert wait_for(lambda: get(lab, service), 30, "the Service to answer through the router")
+    assert wait_for(lambda: http_get(lab, service), 30, "the Service to answer through the router")
 
 
 def test_new_connections_spread_over_the_lb_nodes(lab, service):
@@ -79,7 +65,7 @@ def test_new_connections_spread_over_the_lb_nodes(lab, service):
     seen = collections.Counter()
     failed = 0
     for _ in range(1000):
-        body = get(lab, service)
+        body = http_get(lab, service)
         m = re.search(r"client=([0-9.]+):", body or "")
         if m:
             seen[m.group(1)] += 1
@@ -102,7 +88,7 @@ def test_cutting_an_lb_node_takes_its_next_hop_away_and_the_service_answers(lab,
                  "the router to drop the cut node's next hop")
         dropped = time.monotonic() - start
         print(f"next hop of the cut LB node gone after {dropped:.1f} s (hold time 3 s)")
-        assert all(get(lab, service) for _ in range(20))
+        assert all(http_get(lab, service) for _ in range(20))
     finally:
         lab.set_link(victim, True)
     wait_for(lambda: set(router.routes(lab.state, f"{service}/32")) == lb_addresses(lab), 60,

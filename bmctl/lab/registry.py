@@ -30,7 +30,7 @@ def _in(netns: str, *argv: str) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv]
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
@@ -59,7 +59,7 @@ def start(netns: str, ip: str, disk_dir: Path, port: int = PORT, log: Path | Non
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + timeout
     while True:
-        if not _alive(proc.pid):
+        if not alive(proc.pid):
             proc.wait()
             raise RuntimeError(f"the registry on {address} (netns {netns}) exited: {log.read_text()[-2000:]}")
         if answers(netns, address):
@@ -89,9 +89,9 @@ def stop_pid(pid: int, is_ours, timeout: float = 5) -> None:
         except ProcessLookupError:
             break
         deadline = time.monotonic() + wait
-        while _alive(pid) and time.monotonic() < deadline:
+        while alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if not _alive(pid):
+        if not alive(pid):
             break
     try:
         os.waitpid(pid, os.WNOHANG)  # reap it when it is our child

@@ -23,13 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from bmctl.errors import BmctlError
 from bmctl.lab.net import LabNet
+from bmctl.lab.registry import alive, stop_pid
 
 FRR = Path("/usr/lib/frr")
 DAEMONS = ("zebra", "bfdd", "bgpd")  # start order; stopped in reverse
@@ -149,44 +149,14 @@ def _tail(path: Path, size: int = 1500) -> str:
         return ""
 
 
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def _ours(pid: int, folder: Path) -> bool:
-    """Whether `pid` is still an FRR daemon of `folder` (a pid is not reused for something else)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except FileNotFoundError:
-        return False
-    return any(a.startswith(str(FRR).encode()) for a in cmdline) and str(folder).encode() in cmdline
-
-
 def stop_frr(pids: dict[str, int], folder: Path, timeout: float = 5) -> None:
     """Stop the daemons of start_frr by pid, in reverse start order: SIGTERM (bgpd then tells its
     peers: a Cease notification), SIGKILL if one lingers; reap the ones that are our children."""
     folder = Path(folder)
     for daemon in reversed(list(pids)):
         pid = pids[daemon]
-        if _ours(pid, folder):
-            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5)):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    break
-                deadline = time.monotonic() + wait
-                while alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.02)
-                if not alive(pid):
-                    break
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
+        stop_pid(pid, lambda cmdline: any(a.startswith(str(FRR).encode()) for a in cmdline.split(b"\0"))
+                 and str(folder).encode() in cmdline.split(b"\0"), timeout)
 
 
 # -- the lab's router ---------------------------------------------------------------------------

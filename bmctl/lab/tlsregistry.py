@@ -96,7 +96,7 @@ def start(folder: Path, ip: str = "127.0.0.1", port: int = 5443, netns: str | No
     started = TlsRegistry(proc.pid, f"{ip}:{port}", folder / "pki" / "ca.crt", folder, log)
     deadline = time.monotonic() + timeout
     while True:
-        if not registry._alive(proc.pid):
+        if not registry.alive(proc.pid):
             proc.wait()
             raise RuntimeError(f"the TLS registry on {ip}:{port} exited: {log.read_text()[-2000:]}")
         # The registry logs "listening on IP:PORT" once its socket is bound: connections queue from then on.
