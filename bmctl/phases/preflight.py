@@ -274,6 +274,8 @@ def _segment(config: ClusterConfig, facts: dict[str, NodeFacts]) -> tuple[list[C
 
 def _arp_candidates(config: ClusterConfig) -> list[str]:
     ips = [config.lb.vips.controlPlaneVIP]
+    if config.lb.type == "bgp":  # the pools are routed, not on the segment: nothing there to ask
+        return ips
     if config.lb.vips.ingressVIP:
         ips.append(config.lb.vips.ingressVIP)
     for pool in config.lb.addressPools:
