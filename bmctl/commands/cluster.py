@@ -49,9 +49,8 @@ def open_bundle(config: ClusterConfig, verify: bool, say=None):
     """The bundle the header names (None without one); `verify` checks every member's sha256."""
     if not config.header.bundlePath:
         return None
-    from bmctl.config.model import workstation_path
     from bmctl.release.bundle import Bundle
-    bundle = Bundle.open(workstation_path(config.header.bundlePath, os.path.dirname(os.path.abspath(config.path))))
+    bundle = Bundle.open(config.workstation_file(config.header.bundlePath))
     if verify:
         bundle.verify(say or (lambda m: None))
     return bundle

@@ -256,6 +256,10 @@ class ClusterConfig:
     def name(self) -> str:
         return self.cluster.metadata.name
 
+    def workstation_file(self, path: str) -> str:
+        """A path the config names on the workstation: `~` expanded, relative to the config's folder."""
+        return workstation_path(path, os.path.dirname(os.path.abspath(self.path)) if self.path else None)
+
     @property
     def spec(self) -> ClusterSpec:
         return self.cluster.spec

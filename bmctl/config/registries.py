@@ -175,10 +175,6 @@ class RegistryAccess:
     hosts: tuple[HostAccess, ...] = ()
     credentials: tuple[tuple[str, tuple[str, str]], ...] = ()   # endpoint host -> (user, password)
 
-    @property
-    def mirrors(self) -> list[tuple[str, Endpoint]]:
-        return [(h.host, parse_endpoint(r.url)) for h in self.hosts for r in h.routes if r.mirror]
-
     def endpoints(self) -> list[Endpoint]:
         """Every registry endpoint the nodes pull from (mirrors and private registries), once each."""
         seen: dict[str, Endpoint] = {}
@@ -189,36 +185,31 @@ class RegistryAccess:
         return list(seen.values())
 
 
-def _read(path: str | None, base: str | None) -> str | None:
-    from bmctl.config.model import workstation_path
-    return None if path is None else Path(workstation_path(path, base)).read_text()
-
-
 def access(config) -> RegistryAccess:
     """The registry mirrors (header) and private registries (nodeConfig) of a loaded config, with the
     CA certificates and credentials they name read from the workstation (checked by the loader)."""
-    from bmctl.config.model import workstation_path
-    import os
-    base = os.path.dirname(os.path.abspath(config.path)) if config.path else None
+    def read(path: str | None) -> str | None:
+        return None if path is None else Path(config.workstation_file(path)).read_text()
+
     hosts: dict[str, list[Route]] = {}
     creds: dict[str, tuple[str, str]] = {}
+
+    def credential(path: str | None, host: str) -> None:
+        found = docker_credentials(Path(config.workstation_file(path)), host) if path else None
+        if found:
+            creds[host] = found
+
     for m in config.header.registryMirrors:
         e = parse_endpoint(m.endpoint)
-        route = Route(e.url, True, bool(e.namespace), _read(m.caCertPath, base))
+        route = Route(e.url, True, bool(e.namespace), read(m.caCertPath))
         for host in m.hosts or ["docker.io"]:
             hosts.setdefault(host, []).append(route)
-        if m.pullCredentialConfigPath:
-            found = docker_credentials(Path(workstation_path(m.pullCredentialConfigPath, base)), e.host)
-            if found:
-                creds[e.host] = found
+        credential(m.pullCredentialConfigPath, e.host)
     for reg in config.spec.nodeConfig.privateRegistries:
-        ca = _read(reg.caCertPath, base)
+        ca = read(reg.caCertPath)
         if ca is not None or reg.host not in hosts:
             hosts.setdefault(reg.host, []).append(Route(f"https://{reg.host}", False, False, ca))
-        if reg.pullCredentialConfigPath:
-            found = docker_credentials(Path(workstation_path(reg.pullCredentialConfigPath, base)), reg.host)
-            if found:
-                creds[reg.host] = found
+        credential(reg.pullCredentialConfigPath, reg.host)
     return RegistryAccess(tuple(HostAccess(h, tuple(r)) for h, r in hosts.items()), tuple(creds.items()))
 
 
@@ -229,12 +220,7 @@ def no_proxy(config) -> list[str]:
     net = config.spec.clusterNetwork
     vips = [config.lb.vips.controlPlaneVIP, config.lb.vips.ingressVIP]
     nodes = [a for n in config.all_nodes for a in (n.address, n.k8sIP) if a]
-    mirrors = []
-    for m in config.header.registryMirrors:
-        try:
-            mirrors.append(parse_endpoint(m.endpoint).hostname)
-        except EndpointError:
-            pass
+    mirrors = [parse_endpoint(m.endpoint).hostname for m in config.header.registryMirrors]  # validated
     auto = ["localhost", "127.0.0.1", "::1", *net.pods.cidrBlocks, *net.services.cidrBlocks,
             ".svc", ".svc.cluster.local", *[v for v in vips if v], *nodes, *mirrors]
     user = config.spec.proxy.noProxy if config.spec.proxy else []

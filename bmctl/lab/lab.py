@@ -233,8 +233,10 @@ class Lab:
         self.save(state)
         self._attach(state["bridge_ns"], ns, "registry", net.registry_ip, net.prefix)
         built = release.prepare(say=say)
-        state["bundle"] = str(release.bundle(say=say, built=built))
-        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry", say=say, built=built)
+        bundle = release.bundle(say=say, built=built)
+        state["bundle"] = str(bundle)
+        pid, content = release.publish(ns, net.registry_ip, self.state_dir / "registry", say=say, built=built,
+                                       bundle_path=bundle)
         state["pids"]["registry"] = pid
         state["release"] = str(self.state_dir / "release.yaml")
         self.save(state)

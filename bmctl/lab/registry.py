@@ -1,4 +1,5 @@
-"""The lab's OCI registry: `crane registry serve` inside a network namespace, and pushes to it.
+"""The lab's OCI registry: `crane registry serve` inside a network namespace (the lab loads its
+images into it with `bmctl push images`: bmctl/lab/release.py publish).
 
 It serves plain HTTP on IP:5000 of that namespace; blobs live in a folder on disk (`--disk`), so a
 restarted registry still has them and a push of unchanged images only sends manifests. Manifests and
@@ -11,7 +12,6 @@ import os
 import signal
 import subprocess
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bmctl.lab import binaries
@@ -97,24 +97,3 @@ def stop_pid(pid: int, is_ours, timeout: float = 5) -> None:
         os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
     except ChildProcessError:
         pass
-
-
-def push(netns: str, address: str, layout: Path, name: str, tag: str) -> str:
-    """Push the OCI layout to address/name:tag (plain HTTP, from inside `netns`); the manifest digest."""
-    proc = subprocess.run(_in(netns, crane(), "push", "--insecure", str(layout), f"{address}/{name}:{tag}"),
-                          capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"crane push {name}:{tag} to {address} failed: {proc.stderr.strip()[-2000:]}")
-    return proc.stdout.strip().rsplit("@", 1)[-1]
-
-
-def push_all(netns: str, address: str, built: dict) -> dict[str, str]:
-    """Push every images.Built of `built` (name -> Built); name -> digest, checked against the layout's."""
-    def one(b) -> tuple[str, str]:
-        digest = push(netns, address, b.layout, b.name, b.tag)
-        if digest != b.digest:
-            raise RuntimeError(f"{b.name}:{b.tag}: the registry has {digest}, the layout {b.digest}")
-        return b.name, digest
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(pool.map(one, built.values()))

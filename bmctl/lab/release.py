@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -58,14 +59,14 @@ def prepare(bin_cache: Path | None = None, image_cache: Path | None = None, say=
 
 
 def publish(netns: str, ip: str, disk_dir: Path, port: int = registry.PORT, say=images._print,
-            built: dict | None = None) -> tuple[int, dict]:
+            built: dict | None = None, bundle_path: Path | None = None) -> tuple[int, dict]:
     """Start the registry in `netns` on ip:port (blobs in disk_dir) and load the lab bundle's images
     into it with `bmctl push images` (run inside `netns`, as an operator would at an air-gapped site).
 
     Returns (the registry's pid, the release dict). Stop the registry with registry.stop(pid).
     """
     built = built if built is not None else prepare(say=say)
-    path = bundle(say=say, built=built)
+    path = bundle_path or bundle(say=say, built=built)
     pid = registry.start(netns, ip, Path(disk_dir), port)
     try:
         proc = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-m", "bmctl", "push", "images",
@@ -135,7 +136,6 @@ def bundle(say=images._print, built: dict | None = None) -> Path:
     cache.mkdir(parents=True, exist_ok=True)
     say(f"building the lab's bundle ({len(files)} node files, {len(built)} images)")
     layout = cache / f".layout-{key}"
-    import shutil
     shutil.rmtree(layout, ignore_errors=True)
     try:
         bundles.merge_layouts([(reference(b), b.layout) for b in built.values()], layout)

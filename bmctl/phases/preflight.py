@@ -183,12 +183,12 @@ def software_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list
     fix) and the registry endpoints the nodes pull from (a TCP connect to each)."""
     from bmctl import release as releases
     from bmctl.config.registries import access
-    from bmctl.phases.provision import VERSIONS, parse_versions, source, version_of
+    from bmctl.phases.provision import REQUIRED, VERSIONS, node_family, parse_versions, source, version_of, \
+        wrong_versions
     a = host.address
     release = releases.of(config)
     found = parse_versions(host.run(["sh", "-c", VERSIONS], step="read installed versions", sudo=False).stdout)
-    wrong = [(n, found[n][0], version_of(found[n][1])) for n in ("kubelet", "kubeadm")
-             if n in found and version_of(found[n][1]) != release.kubernetes]
+    wrong = wrong_versions(found, release.kubernetes)
     checks = []
     if wrong:
         name, path, version = wrong[0]
@@ -205,26 +205,26 @@ def software_checks(config: ClusterConfig, host: Host, facts: NodeFacts) -> list
         how = "from the bundle" if source(config) == "bundle" else "from the package manager"
         checks.append(Check(a, "node software", "ok", (f"installed: {there}; " if there else "none installed; ")
                             + f"missing or different parts are installed {how}"))
-        if source(config) == "packages":
-            from bmctl.render.packages import os_family
-            family = os_family(dict(zip(("ID", "ID_LIKE"), (facts.os_release[0] if facts.os_release else "",
-                                                            " ".join(facts.os_release[1:])))))
-            complete = all(n in found for n in ("kubelet", "kubeadm", "containerd", "crictl", "runc"))
-            if family is None and not complete:
-                checks.append(Check(a, "package manager", "fail",
-                                    f"{facts.os} has no package manager bmctl installs with (apt on Debian/Ubuntu, "
-                                    "dnf on the RHEL family): build an offline bundle (`bmctl bundle build`) "
-                                    "and set bundlePath in the config's header"))
+        if source(config) == "packages" and node_family(facts) is None and not all(n in found for n in REQUIRED):
+            checks.append(Check(a, "package manager", "fail",
+                                f"{facts.os} has no package manager bmctl installs with (apt on Debian/Ubuntu, "
+                                "dnf on the RHEL family): build an offline bundle (`bmctl bundle build`) "
+                                "and set bundlePath in the config's header"))
     endpoints = access(config).endpoints()
     if endpoints:
-        args = [x for e in endpoints for x in (e.hostname, str(e.port))]
-        out = host.run(["sh", "-c", _REACH, "sh", *args], step="reach the registries", timeout=60, sudo=False).stdout
-        failed = [line.split()[1] for line in out.splitlines() if line.startswith("reach ") and line.endswith(" fail")]
+        failed = _unreachable(host, [(e.hostname, e.port) for e in endpoints], "reach the registries")
         checks.append(Check(a, "registries reachable", "fail" if failed else "ok",
                             f"no TCP connection to {', '.join(failed)} (registryMirrors / privateRegistries): "
                             "check the address, the port and the firewall between this node and the registry"
                             if failed else ", ".join(f"{e.hostname}:{e.port}" for e in endpoints)))
     return checks
+
+
+def _unreachable(host: Host, targets: list[tuple[str, int]], step: str) -> list[str]:
+    """The HOST:PORT of `targets` to which `host` opens no TCP connection within 3 s (one command)."""
+    out = host.run(["sh", "-c", _REACH, "sh", *(x for h, p in targets for x in (h, str(p)))], step=step,
+                   timeout=60, sudo=False).stdout
+    return [line.split()[1] for line in out.splitlines() if line.startswith("reach ") and line.endswith(" fail")]
 
 
 def config_node_ip(config: ClusterConfig, address: str) -> str:
@@ -293,11 +293,8 @@ def bgp_checks(config: ClusterConfig, inventory: Inventory) -> list[Check]:
     """Each LB node opens a TCP connection to each BGP peer's port 179."""
     if config.lb.type != "bgp" or not config.lb.bgpPeers:
         return []
-    args = [x for p in config.lb.bgpPeers for x in (p.ip, "179")]
-
     def reach(host: Host) -> Check:
-        out = host.run(["sh", "-c", _REACH, "sh", *args], step="reach the BGP peers", timeout=60, sudo=False).stdout
-        failed = [line.split()[1] for line in out.splitlines() if line.startswith("reach ") and line.endswith(" fail")]
+        failed = _unreachable(host, [(p.ip, 179) for p in config.lb.bgpPeers], "reach the BGP peers")
         return Check(host.address, "BGP peers reachable", "fail" if failed else "ok",
                      f"no TCP connection to {', '.join(failed)}: check that the router listens for this node "
                      "(its neighbor or listen range) and that nothing filters port 179" if failed else

@@ -17,8 +17,6 @@ configuration: a node that cannot reach its mirror fails here, before kubeadm.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT, ClusterConfig
 from bmctl.config.registries import RegistryAccess, access
 from bmctl.host import Host, HostError, sync_files
@@ -100,7 +98,6 @@ set -f
 [ -z "$want" ] || tar -xzf "$archive" -C "$stage" -- $want
 set +f
 record=/var/lib/bmctl/node-software.list
-mkdir -p /var/lib/bmctl
 : > "$record.tmp"
 while [ $# -ge 2 ]; do
   p=$1 s=$2; shift 2
@@ -220,25 +217,34 @@ def version_of(printed: str) -> str:
     return words[-1] if words else ""
 
 
-@dataclass
-class NodeConfigFiles:
-    files: list[RenderedFile]
-    units: set[str]           # paths of unit files and drop-ins among them
-    containerd: set[str]      # files whose change needs a containerd restart
-    kubelet: set[str]         # files whose change needs a kubelet restart (when it runs)
+# Which written files make systemd reload, and which service restart (when it runs).
+UNIT_FILES = {ns.CONTAINERD_UNIT, ns.KUBELET_UNIT, ns.KUBEADM_DROPIN, *ns.PROXY_DROPINS.values()}
+RESTARTS_CONTAINERD = {ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.PROXY_DROPINS["containerd"]}
+RESTARTS_KUBELET = {ns.KUBELET_UNIT, ns.KUBEADM_DROPIN, ns.PROXY_DROPINS["kubelet"]}
+# What a node must have for its software to count as installed.
+REQUIRED = ("kubelet", "kubeadm", "containerd", "crictl", "runc")
 
 
 def node_config_files(config: ClusterConfig, release: Release, facts: NodeFacts, driver: str,
-                      registries: RegistryAccess, from_bundle: bool) -> NodeConfigFiles:
-    containerd = ns.containerd_files(config, release.image("pause"), facts, driver, registries)
-    proxy = ns.proxy_files(config)
+                      registries: RegistryAccess, from_bundle: bool) -> list[RenderedFile]:
+    """containerd's configuration, the proxy drop-ins and, with the bundle, the units."""
     units = ns.unit_files(release.binaries["containerd"].version if "containerd" in release.binaries else "") \
         if from_bundle else []
-    files = [*containerd, *proxy, *units]
-    unit_paths = {f.path for f in [*proxy, *units]} | set(ns.PROXY_DROPINS.values())
-    restart_containerd = {ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.PROXY_DROPINS["containerd"]}
-    restart_kubelet = {ns.KUBELET_UNIT, ns.KUBEADM_DROPIN, ns.PROXY_DROPINS["kubelet"]}
-    return NodeConfigFiles(files, unit_paths, restart_containerd, restart_kubelet)
+    return [*ns.containerd_files(config, release.image("pause"), facts, driver, registries),
+            *ns.proxy_files(config), *units]
+
+
+def node_family(facts: NodeFacts) -> str | None:
+    """"debian", "rhel" or None (no package manager bmctl installs with), from the node's os-release."""
+    from bmctl.render import packages
+    os_id, *like = facts.os_release or ("",)
+    return packages.os_family({"ID": os_id, "ID_LIKE": " ".join(like)})
+
+
+def wrong_versions(found: dict[str, tuple[str, str]], kubernetes: str) -> list[tuple[str, str, str]]:
+    """(name, path, version) of each kubelet or kubeadm installed at another version than `kubernetes`."""
+    return [(n, found[n][0], version_of(found[n][1])) for n in ("kubelet", "kubeadm")
+            if n in found and version_of(found[n][1]) != kubernetes]
 
 
 class Provision(Phase):
@@ -255,12 +261,12 @@ class Provision(Phase):
             facts = ctx.facts[address]
             steps.append(Step(address, "kernel modules and sysctls", provision_files(ipvs)))
             steps.append(Step(address, self._software_title(ctx), self._software_files(ctx, facts)))
-            cfg = node_config_files(ctx.config, release, facts, driver, registries, source(ctx.config) == "bundle")
+            files = node_config_files(ctx.config, release, facts, driver, registries, source(ctx.config) == "bundle")
             steps.append(Step(address, f"containerd ({driver} cgroup driver, sandbox {release.image('pause')}"
                               f"{', ' + str(len(registries.hosts)) + ' registry host(s) configured' if registries.hosts else ''})"
                               f"{', units' if source(ctx.config) == 'bundle' else ''}"
                               f"{', proxy' if ctx.config.spec.proxy else ''}; enable and start containerd and "
-                              "the kubelet; pull the sandbox image", cfg.files))
+                              "the kubelet; pull the sandbox image", files))
             steps.append(Step(address, "open in the firewall (ufw or firewalld, when active): " +
                               ", ".join(firewall_ports(ctx.config, address))))
         return steps
@@ -308,11 +314,11 @@ class Provision(Phase):
                 ctx.progress.host(host.address, f"kernel modules not loaded: {', '.join(missing)} "
                                                 "(Kubernetes networking may need them)", "warn")
             installed = install_bundle(ctx, host) if from_bundle else install_packages(ctx, host, facts[host.address])
-            cfg = node_config_files(config, release, facts[host.address], driver, registries, from_bundle)
-            written = [c.path for c in ctx.record(host.address, sync_files(host, cfg.files)) if c.status != "unchanged"]
-            written += host.run(["sh", "-c", _STALE, "sh", *(f.path for f in cfg.files)],
+            files = node_config_files(config, release, facts[host.address], driver, registries, from_bundle)
+            written = [c.path for c in ctx.record(host.address, sync_files(host, files)) if c.status != "unchanged"]
+            written += host.run(["sh", "-c", _STALE, "sh", *(f.path for f in files)],
                                 step="remove registry and proxy files no longer configured").stdout.split()
-            restarted = services(host, cfg, written, installed)
+            restarted = services(host, written, installed)
             pulled = host.run(["sh", "-c", _PULL, "sh", release.image("pause")], step="pull the sandbox image",
                               check=False, timeout=300)
             if pulled.rc != 0:
@@ -380,8 +386,7 @@ def _package_plan(ctx: Context, facts: NodeFacts, family: str | None = None):
     """The package manager's plan for the node (None when bmctl knows no package manager of its OS)."""
     from bmctl.config.registries import no_proxy
     from bmctl.render import packages
-    family = family or packages.os_family(dict(zip(("ID", "ID_LIKE"), (
-        facts.os_release[0] if facts.os_release else "", " ".join(facts.os_release[1:])))))
+    family = family or node_family(facts)
     if family is None:
         return None
     proxy = ctx.config.spec.proxy
@@ -394,8 +399,7 @@ def install_packages(ctx: Context, host: Host, facts: NodeFacts) -> dict:
     there at the release's versions."""
     release = ctx.release
     found = parse_versions(host.run(["sh", "-c", VERSIONS], step="read installed versions").stdout)
-    right = all(version_of(found[n][1]) == release.kubernetes for n in ("kubelet", "kubeadm") if n in found)
-    if right and all(n in found for n in ("kubelet", "kubeadm", "containerd", "crictl", "runc")):
+    if not wrong_versions(found, release.kubernetes) and all(n in found for n in REQUIRED):
         return {"changed": [], "summary": f"Kubernetes {release.kubernetes} and containerd already installed"}
     plan = _package_plan(ctx, facts)
     if plan is None:
@@ -408,18 +412,18 @@ def install_packages(ctx: Context, host: Host, facts: NodeFacts) -> dict:
     return {"changed": ["packages"], "summary": "installed " + ", ".join(f"{k} {v}" for k, v in plan.packages.items())}
 
 
-def services(host: Host, cfg: NodeConfigFiles, written: list[str], installed: dict) -> list[str]:
+def services(host: Host, written: list[str], installed: dict) -> list[str]:
     """daemon-reload when a unit changed; containerd started (restarted when its binary, unit or config
     changed) and enabled; the kubelet enabled, and restarted only if it runs and its binary or unit
     changed (kubeadm starts it). Returns the services restarted."""
     changed_files = set(written)
     binaries = set(installed.get("changed", []))
     script = ["set -e"]
-    if changed_files & cfg.units or "packages" in binaries:
+    if changed_files & UNIT_FILES or "packages" in binaries:
         script.append("systemctl daemon-reload")
-    restart_containerd = bool(changed_files & cfg.containerd) or any(
+    restart_containerd = bool(changed_files & RESTARTS_CONTAINERD) or any(
         b.startswith(("/usr/local/bin/containerd", "/usr/local/sbin/runc")) for b in binaries)
-    restart_kubelet = bool(changed_files & cfg.kubelet) or "/usr/local/bin/kubelet" in binaries
+    restart_kubelet = bool(changed_files & RESTARTS_KUBELET) or "/usr/local/bin/kubelet" in binaries
     script.append("systemctl enable containerd kubelet >/dev/null 2>&1 || systemctl enable containerd kubelet")
     script.append("if systemctl is-active -q containerd; then "
                   + ("systemctl restart containerd; echo containerd; " if restart_containerd else ":; ")

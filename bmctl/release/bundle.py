@@ -24,9 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
-import json
 import os
-import shutil
 import tarfile
 import tempfile
 import time
@@ -213,25 +211,13 @@ def _node_archive(files: dict[str, tuple[Path, str]], out: Path) -> dict[str, di
 
 
 def merge_layouts(layouts: Iterable[tuple[str, Path]], out: Path) -> None:
-    """One OCI image layout at `out` holding every (reference, single-image layout) given; each index
-    entry is annotated with the image's full reference (containerd's io.containerd.image.name) and its
-    tag (org.opencontainers.image.ref.name)."""
-    blobs = out / "blobs" / "sha256"
-    blobs.mkdir(parents=True, exist_ok=True)
-    (out / "oci-layout").write_text(json.dumps({"imageLayoutVersion": "1.0.0"}))
-    manifests = []
-    for reference, layout in layouts:
-        index = json.loads((Path(layout) / "index.json").read_text())
-        for blob in (Path(layout) / "blobs" / "sha256").iterdir():
-            if not (blobs / blob.name).exists():
-                shutil.copyfile(blob, blobs / blob.name)
-        entry = dict(index["manifests"][0])
-        name = reference.split("@")[0]
-        tag = name.rsplit(":", 1)[1] if ":" in name.rsplit("/", 1)[-1] else "latest"
-        entry["annotations"] = {"io.containerd.image.name": reference.split("@")[0],
-                                "org.opencontainers.image.ref.name": tag}
-        manifests.append(entry)
-    (out / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": manifests}, indent=1))
+    """One OCI image layout at `out` holding every (reference, single-image layout) given, each blob
+    checked on the way, named as containerd names images (oci.LayoutWriter)."""
+    from bmctl.release import oci
+    with oci.LayoutWriter(out) as writer:
+        for reference, layout in layouts:
+            source = oci.DirLayout(layout)
+            oci.copy_image(source, source.index()["manifests"][0], writer, reference)
 
 
 def write(path: Path, release: dict, software: dict[str, tuple[Path, str]], layout: Path, source: str,
