@@ -191,6 +191,19 @@ def load_release(path: str | Path) -> Release:
 
 
 # -- writing ------------------------------------------------------------------------------------
+class _Hashing:
+    """A file object that hashes what is read through it."""
+
+    def __init__(self, f) -> None:
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
 def _node_archive(files: dict[str, tuple[Path, str]], out: Path) -> dict[str, dict]:
     """node-software.tar.gz from {path on node: (local file, part)}; the manifest's `software`."""
     software: dict[str, dict] = {}
@@ -203,10 +216,10 @@ def _node_archive(files: dict[str, tuple[Path, str]], out: Path) -> dict[str, di
             info.size = os.path.getsize(local)
             info.mode, info.mtime, info.uid, info.gid, info.uname, info.gname = 0o755, 0, 0, 0, "root", "root"
             with open(local, "rb") as f:
-                tar.addfile(info, f)
-            with open(local, "rb") as f:
-                digest, size = _sha256_file(f)
-            software[node_path] = {"sha256": digest, "size": size, "part": part, "mode": "755"}
+                hashing = _Hashing(f)
+                tar.addfile(info, hashing)  # one read of the file: archived and hashed
+            software[node_path] = {"sha256": hashing.digest.hexdigest(), "size": hashing.size, "part": part,
+                                   "mode": "755"}
     return software
 
 
@@ -252,8 +265,12 @@ def write(path: Path, release: dict, software: dict[str, tuple[Path, str]], layo
         part = work / "bundle.tar"
         with tarfile.open(part, "w", format=tarfile.GNU_FORMAT) as tar:
             for name, local in members:
-                with open(local, "rb") as f:
-                    sums.append(f"{_sha256_file(f)[0]}  {name}\n")
+                if name == NODE_ARCHIVE:
+                    digest = archive_sha
+                else:
+                    with open(local, "rb") as f:
+                        digest = _sha256_file(f)[0]
+                sums.append(f"{digest}  {name}\n")
                 tar.add(local, arcname=name, recursive=False, filter=_owned_by_root)
             (work / SUMS).write_text("".join(sums))
             tar.add(work / SUMS, arcname=SUMS, filter=_owned_by_root)
