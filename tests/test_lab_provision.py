@@ -12,6 +12,7 @@ import random
 import shutil
 import tarfile
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -106,7 +107,8 @@ def test_rerun_changes_nothing(lab):
         out = {}
         for node in lab.nodes:
             out[node["name"]] = node_sh(lab, node, "find " + " ".join(MANAGED) + " -type f -exec stat -c '%n %a %Y' {} + "
-                                        "| sort; cat /var/lib/bmctl/node-software.list; pgrep -x containerd").stdout
+                                        "| sort; cat /var/lib/bmctl/node-software.list").stdout + \
+                f"containerd pid {containerd_pid(lab, node)}"
         return out
     before = state()
     proc = lab.bmctl("create", "cluster", "--until", "provision", "--force", timeout=300)
@@ -138,9 +140,18 @@ def test_wrong_kubelet_is_refused_by_preflight_with_the_fix(lab):
         target.chmod(0o755)
 
 
+def containerd_pid(lab, node: dict) -> int:
+    """This node's containerd: the main process in its unit's cgroup (pgrep would see every node's
+    containerd, and other labs' too: nodes share this machine's PID namespace)."""
+    from bmctl.lab import realnode, systemd
+    unit = f"{realnode.node_cgroup(lab.state['id'], node['name'])}/system.slice/containerd.service"
+    pids = [p for p in systemd.cgroup_pids(unit) if Path(f"/proc/{p}/comm").read_text().strip() == "containerd"]
+    assert len(pids) == 1, (node["name"], pids)
+    return pids[0]
+
+
 def containerd_environ(lab, node: dict) -> dict[str, str]:
-    pid = node_sh(lab, node, "pgrep -x containerd").stdout.split()[0]
-    raw = lab.lab.node_exec(node["name"], ["cat", f"/proc/{pid}/environ"]).stdout
+    raw = Path(f"/proc/{containerd_pid(lab, node)}/environ").read_bytes().decode(errors="replace")
     return dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
 
 
