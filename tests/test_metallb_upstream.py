@@ -43,7 +43,8 @@ def upstream_text() -> str:
 MISSING = object()
 # Digest-pinned references, as a release pins them (bmctl's own release names upstream's tags).
 PINNED = {"metallb-controller": "registry.example/metallb/controller:v1@sha256:" + "1" * 64,
-          "metallb-speaker": "registry.example/metallb/speaker:v1@sha256:" + "2" * 64}
+          "metallb-speaker": "registry.example/metallb/speaker:v1@sha256:" + "2" * 64,
+          "frr": "registry.example/frrouting/frr:v1@sha256:" + "3" * 64}
 
 
 def load(text: str) -> list[dict]:
@@ -140,8 +141,8 @@ def explains(dev: Deviation, ours: dict, obj: tuple[str, str], path: tuple, what
         return False
     if dev.change in ("drop", "add"):
         return path == () and what == {"drop": "not deployed", "add": "added object"}[dev.change]
-    if dev.change == "set":
-        return path == dev.path and at(ours.get(obj), path) == dev.item()
+    if dev.change == "set":  # the whole value at dev.path: any difference inside it
+        return path[:len(dev.path)] == dev.path and at(ours.get(obj), dev.path) == dev.item()
     if dev.change == "remove":
         return path[:len(dev.path)] == dev.path and what.startswith("removed") and \
             at(ours.get(obj), dev.path) is MISSING
@@ -178,6 +179,35 @@ def test_rendered_objects_equal_upstream_but_for_the_deviations(pinned_images):
     unexplained, unused = check(upstream(), rendered())
     assert unexplained == [], "differences from upstream that DEVIATIONS does not list"
     assert unused == [], "deviations that no longer change anything"
+
+
+FRR_SHA256 = "64cae8e2bb5a7e7cb3d8d27894c6ae6db3d677e7b8504f88b2f0dea67d0b89d5"
+
+
+def upstream_frr() -> list[dict]:
+    return load(upstream_file("go.universe.tf/metallb", UPSTREAM_VERSION, "config/manifests/metallb-frr.yaml",
+                              FRR_SHA256).read_text())
+
+
+def test_bgp_mode_renders_upstream_frr_manifest_but_for_the_deviations(pinned_images):
+    """type: bgp deploys MetalLB's metallb-frr.yaml (same version), changed only as deviations("frr")
+    says: no frr container (the LB nodes' FRR static pod instead), images from the release, the
+    reloader wrapped to keep each node's router-id."""
+    from bmctl.render.metallb import UPSTREAM_FRR, deviations
+    assert (template_dir() / UPSTREAM_FRR).read_text() == upstream_file(
+        "go.universe.tf/metallb", UPSTREAM_VERSION, "config/manifests/metallb-frr.yaml", FRR_SHA256).read_text()
+    docs = base_docs()
+    docs[2]["spec"]["loadBalancer"].update(type="bgp", localASN=64513, bgpPeers=[{"ip": "203.0.113.1", "asn": 64512}])
+    docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "198.51.100.200"
+    config = parse_config(dump(docs), "t.yaml")
+    ours = [d for f in metallb_manifests(config, ClusterSecrets.generate()) for d in load(f.content)]
+    unexplained, unused = check(upstream_frr(), ours, deviations("frr"))
+    assert unexplained == [], "differences from upstream's metallb-frr.yaml that deviations('frr') does not list"
+    assert unused == [], "deviations that no longer change anything"
+    speaker = next(o for o in ours if o["kind"] == "DaemonSet")["spec"]["template"]["spec"]
+    assert "frr" not in {c["name"] for c in speaker["containers"]}
+    assert {v["name"]: v.get("hostPath", {}).get("path") for v in speaker["volumes"]}["frr-sockets"] == \
+        "/var/lib/bmctl/frr/run"
 
 
 def test_the_facts_bmctl_relies_on_are_upstream_s():
@@ -315,7 +345,7 @@ class FakeCluster:
     def list_namespaced_pod(self, namespace, label_selector):
         assert namespace == NAMESPACE and label_selector == "app=metallb,component=speaker"
         ports = [NS(name="monitoring", container_port=7472)]
-        return NS(items=[NS(metadata=NS(name=f"speaker-{i}"), spec=NS(node_name=name, containers=[NS(ports=ports)]),
+        return NS(items=[NS(metadata=NS(name=f"speaker-{i}"), spec=NS(node_name=name, containers=[NS(name="speaker", ports=ports)]),
                             status=NS(phase="Running", host_ip=ip, conditions=[NS(type="Ready", status="True")]))
                          for i, (name, ip) in enumerate(self.nodes.items())])
 
@@ -384,10 +414,11 @@ def test_a_speaker_that_cannot_work_fails_naming_its_node(monkeypatch, metrics, 
     assert "kubectl -n metallb-system logs" in err.value.fix and "re-run" in err.value.fix
 
 
-def test_bgp_peers_use_nothing_native_bgp_refuses():
+def test_bgp_peers_use_frr_only_fields_with_speakers_in_frr_mode():
     """MetalLB's native BGP refuses a whole configuration when a BGPPeer sets an FRR-only field
     (internal/config/validation.go, DiscardFRROnly): that list, read from MetalLB's own source and
-    mapped to the fields' JSON names, against every BGPPeer bmctl renders."""
+    mapped to the fields' JSON names. bmctl's BGPPeers need some (BFD, keepalive), so the speaker
+    must run in FRR mode (METALLB_BGP_TYPE=frr)."""
     import re
     from bmctl.config import parse_config
     from bmctl.render.metallb import metallb_manifests
@@ -408,4 +439,9 @@ def test_bgp_peers_use_nothing_native_bgp_refuses():
     config = parse_config(dump(docs), "t.yaml")
     peers = [d for f in metallb_manifests(config, ClusterSecrets.generate())
              for d in yaml.safe_load_all(f.content) if d and d["kind"] == "BGPPeer"]
-    assert peers and all(not (set(p["spec"]) & refused) for p in peers), [set(p["spec"]) & refused for p in peers]
+    assert peers and all(set(p["spec"]) & refused == {"bfdProfile", "keepaliveTime", "connectTime"} for p in peers)
+    speaker = next(d for f in metallb_manifests(config, ClusterSecrets.generate())
+                   for d in yaml.safe_load_all(f.content) if d and d["kind"] == "DaemonSet")
+    env = {e["name"]: e.get("value") for c in speaker["spec"]["template"]["spec"]["containers"]
+           if c["name"] == "speaker" for e in c["env"]}
+    assert env["METALLB_BGP_TYPE"] == "frr"

@@ -118,5 +118,7 @@ def update_loadbalancer(target: str, workspace: Path | None, yes: bool, dry_run:
             raise BmctlError("update cancelled; nothing was changed.", "answer y, or pass --yes to skip the question.")
     ctx, log_dir = run_phases(desired, ws, "update-loadbalancer", phases, accept_new_host_keys, concurrency, options)
     before, after = ctx.options.get("vrrp_master"), ctx.options.get("vrrp_master_after")
+    vip = (f"the VIP announced over BGP by {', '.join(n.address for n in desired.lb_nodes)}"
+           if desired.lb.type == "bgp" else f"VRRP master {before or 'unknown'} -> {after}")
     out.print(f"Updated cluster {desired.name}: {len(ch.changes)} change(s), {len(drift)} drift(s) undone; "
-              f"VRRP master {before or 'unknown'} -> {after}. Logs: {log_dir}")
+              f"{vip}. Logs: {log_dir}")

@@ -8,7 +8,8 @@ live in bmctl/release/):
 - etcd v3.6.5 (and etcdctl): the version kubeadm 1.34 deploys (constants.SupportedEtcdVersion[34]);
 - CoreDNS v1.12.1 (kubeadm 1.34's constants.CoreDNSVersion);
 - flannel v0.27.4 (the lab's pod network) and its CNI plugin (see FLANNEL_CNI_PLUGIN);
-- MetalLB v0.15.2 controller and speaker;
+- MetalLB v0.15.2 controller and speaker, and the FRR-mode tools its speaker image ships (cp-tool,
+  frr-metrics: speaker/Dockerfile builds them from frr-tools/ with the same version ldflags);
 - crane v0.22.1 (image pushes, the lab's registry) and crictl v1.34.0;
 - the CNCF Distribution registry v3.1.2 (TLS + htpasswd auth, for bmctl's registry client tests);
 - pause and web, our own programs (bmctl/lab/cmd/).
@@ -22,6 +23,7 @@ Run: python -m bmctl.lab.binaries [GROUP...] [--list]
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -110,7 +112,9 @@ GROUPS = [
           (_x("github.com/containernetworking/plugins/pkg/utils/buildversion.BuildVersion", FLANNEL_CNI_PLUGIN),)),
     Group("metallb", METALLB, {"go.universe.tf/metallb": METALLB},
           {"metallb-controller": "go.universe.tf/metallb/controller",
-           "metallb-speaker": "go.universe.tf/metallb/speaker"},
+           "metallb-speaker": "go.universe.tf/metallb/speaker",
+           "metallb-cp-tool": "go.universe.tf/metallb/frr-tools/cp-tool",
+           "metallb-frr-metrics": "go.universe.tf/metallb/frr-tools/metrics"},
           (_x("go.universe.tf/metallb/internal/version.gitCommit", "942c2fe5"),
            _x("go.universe.tf/metallb/internal/version.gitBranch", "v0.15"))),
     Group("crane", CRANE, {"github.com/google/go-containerregistry": CRANE},
@@ -142,6 +146,14 @@ def binary(name: str) -> Path:
 
 def go() -> str:
     return shutil.which("go") or "/usr/local/go/bin/go"
+
+
+@functools.lru_cache(maxsize=None)
+def module_dir(module: str, module_version: str) -> Path:
+    """The folder of a Go module in the module cache (downloaded by the ordinary Go client if not
+    there yet): images take upstream's own non-Go files from it (MetalLB's frr-reloader.sh)."""
+    info = json.loads(_run_go(["mod", "download", "-json", f"{module}@{module_version}"], Path(tempfile.gettempdir())))
+    return Path(info["Dir"])
 
 
 def _go_version() -> str:

@@ -6,7 +6,8 @@ owners, modes and times (the same inputs give the same digests), a config with E
 `crane push` sends to the lab's registry (bmctl/lab/registry.py). Parts:
 - binaries built from their Go modules (bmctl/lab/binaries.py), e.g. FROM scratch + kube-apiserver;
 - Debian packages where an image needs more than one static binary (iptables, nft, ipset, conntrack,
-  ip, haproxy, keepalived, and busybox for /bin/sh and the small tools bmctl's pod scripts call):
+  ip, haproxy, keepalived, FRR with the python3 its frr-reload.py runs under, and busybox for /bin/sh
+  and the small tools bmctl's pod scripts call):
   `apt-get download` of the packages and their dependency closure, `dpkg-deb -x` into a staging
   root, and into the image only the files named here plus the shared libraries they load (read
   from their ELF headers), so a missing library fails the build, not the pod.
@@ -40,7 +41,7 @@ EPOCH = "1970-01-01T00:00:00Z"
 
 # Debian packages the images take files from (with their dependency closure).
 DEBIAN_PACKAGES = ("busybox-static", "haproxy", "keepalived", "iptables", "nftables", "ipset", "conntrack",
-                   "iproute2", "netbase", "curl")
+                   "iproute2", "netbase", "curl", "frr", "frr-pythontools", "tini", "bash", "util-linux", "coreutils")
 LIB_DIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu", "lib64", "usr/lib64", "lib", "usr/lib")
 
 
@@ -243,15 +244,17 @@ class Debian:
             raise RuntimeError(f"{chain[0]}: not in the Debian packages (dangling at {rel})")
         return chain
 
-    def _library(self, soname: str) -> str:
-        for d in LIB_DIRS:
+    def _library(self, soname: str, runpath: tuple[str, ...] = ()) -> str:
+        """Where the loader finds `soname`: the object's own search path (DT_RUNPATH), then LIB_DIRS."""
+        for d in (*runpath, *LIB_DIRS):
             if (self.root() / d / soname).exists() or (self.root() / d / soname).is_symlink():
                 return f"{d}/{soname}"
         raise RuntimeError(f"shared library {soname} is in none of the Debian packages {DEBIAN_PACKAGES} "
                            "or their dependencies")
 
-    def with_libraries(self, *paths: str) -> Layer:
-        """`paths` (files, symlinks or whole folders) and every shared library they load, recursively."""
+    def with_libraries(self, *paths: str, skip: tuple[str, ...] = ()) -> Layer:
+        """`paths` (files, symlinks or whole folders) and every shared library they load, recursively;
+        what a folder holds at a path of `skip` (or under it) is left out."""
         layer: Layer = {}
         todo = list(paths)
         while todo:
@@ -260,13 +263,17 @@ class Debian:
                 continue
             if (self.root() / rel).is_dir() and not (self.root() / rel).is_symlink():
                 layer[rel] = self._entry(rel)
-                todo += [str(p.relative_to(self.root())) for p in (self.root() / rel).iterdir()]
+                inside = [str(p.relative_to(self.root())) for p in (self.root() / rel).iterdir()]
+                todo += [p for p in inside if not any(p == s or p.startswith(s.rstrip("/") + "/") for s in skip)]
                 continue
             chain = self._resolve(rel)
             for r in chain:
                 layer[r] = self._entry(r)
-            interp, needed = elf_dependencies(self.root() / chain[-1])
-            todo += ([interp.lstrip("/")] if interp else []) + [self._library(n) for n in needed]
+            interp, needed, runpath = elf_dynamic(self.root() / chain[-1])
+            origin = os.path.dirname(chain[-1])
+            search = tuple(os.path.normpath(d.replace("${ORIGIN}", "/" + origin).replace("$ORIGIN", "/" + origin))
+                           .lstrip("/") for d in runpath)
+            todo += ([interp.lstrip("/")] if interp else []) + [self._library(n, search) for n in needed]
         return layer
 
     def busybox(self, keep_out: Layer | None = None) -> Layer:
@@ -281,9 +288,16 @@ class Debian:
 
 def elf_dependencies(path: Path) -> tuple[str | None, list[str]]:
     """The interpreter (PT_INTERP) and DT_NEEDED libraries of a 64-bit little-endian ELF file."""
+    interp, needed, _ = elf_dynamic(path)
+    return interp, needed
+
+
+def elf_dynamic(path: Path) -> tuple[str | None, list[str], list[str]]:
+    """The interpreter (PT_INTERP), DT_NEEDED libraries and search path (DT_RUNPATH, else DT_RPATH,
+    with $ORIGIN left in) of a 64-bit little-endian ELF file."""
     blob = path.read_bytes()
     if blob[:4] != b"\x7fELF":
-        return None, []
+        return None, [], []
     if blob[4] != 2 or blob[5] != 1:
         raise RuntimeError(f"{path}: not a 64-bit little-endian ELF file")
     phoff, = struct.unpack_from("<Q", blob, 0x20)
@@ -298,18 +312,24 @@ def elf_dependencies(path: Path) -> tuple[str | None, list[str]]:
         elif p_type == 3:
             interp = blob[offset:offset + filesz].rstrip(b"\0").decode()
     if not dynamic:
-        return interp, []
+        return interp, [], []
     entries = [struct.unpack_from("<qQ", blob, dynamic[0] + j) for j in range(0, dynamic[1], 16)]
     strtab = next(v for tag, v in entries if tag == 5)
     base = next(off + strtab - va for va, off, size in loads if va <= strtab < va + size)
-    needed = []
+
+    def string(value: int) -> str:
+        start = base + value
+        return blob[start:blob.index(b"\0", start)].decode()
+
+    needed, paths = [], {}
     for tag, value in entries:
         if tag == 0:
             break
         if tag == 1:
-            start = base + value
-            needed.append(blob[start:blob.index(b"\0", start)].decode())
-    return interp, needed
+            needed.append(string(value))
+        elif tag in (15, 29):  # DT_RPATH, DT_RUNPATH (which makes the loader ignore DT_RPATH)
+            paths[tag] = [d for d in string(value).split(":") if d]
+    return interp, needed, paths.get(29, paths.get(15, []))
 
 
 # -- the images -----------------------------------------------------------------------------------
@@ -361,6 +381,88 @@ exec "$@"
 """
 
 
+# The FRR image: what MetalLB's FRR mode (config/manifests/metallb-frr.yaml) runs from upstream's
+# quay.io/frrouting/frr:9.1.0 (Alpine: FRR's docker/alpine/Dockerfile), from Debian's frr packages.
+# Its accounts are the Alpine package's (frr.pre-install): user frr 100 in group frr 101 and in frrvty
+# 102 (the daemons, started -u frr -g frr, refuse to run unless frr is in the vty group); MetalLB's
+# cp-frr-files init container runs as 100:101 and copies into /etc/frr.
+FRR_UID, FRR_GID, FRRVTY_GID = 100, 101, 102
+FRR_DAEMONS = ("zebra", "bgpd", "bfdd", "staticd", "watchfrr")  # MetalLB's daemons file: bgpd, bfdd (+ zebra, staticd)
+# Python's standard library less what frr-reload.py (argparse, logging, re, subprocess, ipaddress,
+# pprint...) never imports: the test suite, packaging and GUI parts, databases, curses.
+PYTHON_SKIP = ("test", "unittest", "idlelib", "tkinter", "turtledemo", "turtle.py", "ensurepip", "lib2to3", "venv",
+               "distutils", "pydoc_data", "sqlite3", "dbm", "curses", "EXTERNALLY-MANAGED")
+PYTHON_DYNLOAD_SKIP = ("_test", "_ctypes_test", "_xxtestfuzz", "xxlimited", "_sqlite3", "_dbm", "_curses", "nis.",
+                       "ossaudiodev")
+
+# Debian's vtysh authenticates its caller with PAM (service "frr") unless vtysh.conf says `username
+# USER nopassword`, which MetalLB's does not: Debian's /etc/pam.d/frr lets anyone in (only frrvty's
+# members reach the daemons' sockets) but has no account stack, and the image has no common-account
+# for PAM to fall back on, so it gets one here.
+FRR_PAM = """# Any user may call vtysh but only those belonging to the group frrvty can
+# actually connect to the socket and use the program.
+auth	sufficient	pam_permit.so
+account	sufficient	pam_permit.so
+"""
+
+FRR_DOCKER_START = """#!/bin/bash
+# bmctl lab: the start command of FRR's own image (upstream's docker/alpine/docker-start), which
+# MetalLB's frr container runs as `/sbin/tini -- /usr/lib/frr/docker-start`: watchfrr in the
+# foreground, watching the daemons that /etc/frr/daemons enables (zebra and staticd always). watchfrr
+# starts each of them with /usr/lib/frr/watchfrr.sh (frrcommon.sh's daemon_start: `DAEMON -d -F
+# PROFILE $DAEMON_options`, then `vtysh -b -d DAEMON` loads /etc/frr/frr.conf into it) and restarts
+# any that dies.
+log_success_msg() {
+	echo "$@"
+}
+log_warning_msg() {
+	echo "$@" >&2
+}
+log_failure_msg() {
+	echo "$@" >&2
+}
+
+source /usr/lib/frr/frrcommon.sh
+exec /usr/lib/frr/watchfrr $(daemon_list)
+"""
+
+
+def frr_users() -> Layer:
+    """users() plus FRR's accounts as upstream's image has them."""
+    layer = users()
+    passwd = layer["etc/passwd"].source.decode() + f"frr:x:{FRR_UID}:{FRR_GID}:frr:/var/run/frr:/sbin/nologin\n"
+    group = layer["etc/group"].source.decode() + f"frr:x:{FRR_GID}:\nfrrvty:x:{FRRVTY_GID}:frr\n"
+    return {**layer, "etc/passwd": data(passwd), "etc/group": data(group)}
+
+
+def _frr(deb: Debian) -> Layer:
+    """FRR's daemons, vtysh, its scripts and frr-reload.py with the python3 it runs under, tini, bash,
+    curl, and the tools MetalLB's frr containers and frrcommon.sh call that busybox lacks (flock,
+    install); busybox for the rest (sh with [[, sleep infinity, tail, sed, date, kill...)."""
+    root = deb.root()
+    python = "usr/lib/python3.11"
+    stdlib = [f"{python}/{p.name}" for p in sorted((root / python).iterdir())
+              if p.name not in PYTHON_SKIP and p.name != "lib-dynload"]
+    dynload = [f"{python}/lib-dynload/{p.name}" for p in sorted((root / python / "lib-dynload").iterdir())
+               if not p.name.startswith(PYTHON_DYNLOAD_SKIP)]
+    layer = deb.with_libraries(
+        *(f"usr/lib/frr/{d}" for d in FRR_DAEMONS), "usr/lib/frr/frrinit.sh", "usr/lib/frr/frrcommon.sh",
+        "usr/lib/frr/watchfrr.sh", "usr/lib/frr/frr-reload.py", "usr/bin/vtysh",
+        "usr/lib/x86_64-linux-gnu/frr", "usr/share/yang", "lib/x86_64-linux-gnu/security/pam_permit.so",
+        "usr/bin/python3", *stdlib, *dynload, "bin/bash", "usr/bin/flock", "usr/bin/install", "usr/bin/curl",
+        skip=("usr/lib/x86_64-linux-gnu/frr/modules/pathd_pcep.so",))  # pathd is not in the image
+    layer["sbin/tini"] = file(root / "usr/bin/tini-static")  # where Alpine's tini is (upstream's entrypoint)
+    frr_owned = {"uid": FRR_UID, "gid": FRR_GID}
+    for name in ("daemons", "frr.conf", "vtysh.conf", "support_bundle_commands.conf"):
+        layer[f"etc/frr/{name}"] = Entry("file", root / "etc/frr" / name, mode=0o640, **frr_owned)
+    layer.update({"etc/frr": folder(0o755, **frr_owned), "run": folder(), "var/run": link("/run"),
+                  "run/frr": folder(0o755, **frr_owned), "var/log/frr": folder(0o755, **frr_owned),
+                  "var/tmp": folder(0o1777), "var/tmp/frr": folder(0o755, **frr_owned),
+                  "var/lib/frr": folder(0o755, **frr_owned),
+                  "etc/pam.d/frr": data(FRR_PAM), "usr/lib/frr/docker-start": data(FRR_DOCKER_START, 0o755)})
+    return {**deb.busybox(layer), **layer}
+
+
 def _tag(debian_version: str) -> str:
     """A Debian version as an image tag (no epoch; `+` and `~` are not allowed in tags)."""
     return debian_version.split(":", 1)[-1].replace("+", "-").replace("~", "-")
@@ -397,7 +499,9 @@ def specs(deb: Debian) -> list[Image]:
         return Image(name, tag, [base, _bin(binary, path)], entrypoint=[f"/{path}"], source=source, **kw)
 
     netfilter = _netfilter(deb)
-    flannel_tools = {**netfilter, **deb.with_libraries("bin/ip", "etc/iproute2")}
+    # (frr's rt_protos.d/frr.conf is in the staging root's etc/iproute2: the image keeps iproute2's own)
+    flannel_tools = {**netfilter, **deb.with_libraries("bin/ip", "etc/iproute2",
+                                                       skip=("etc/iproute2/rt_protos.d/frr.conf",))}
     haproxy = deb.with_libraries("usr/sbin/haproxy")
     haproxy.update({"usr/local/sbin/haproxy": link("/usr/sbin/haproxy"),
                     "usr/local/bin/docker-entrypoint.sh": data(HAPROXY_ENTRYPOINT, 0o755),
@@ -407,6 +511,10 @@ def specs(deb: Debian) -> list[Image]:
     keepalived = {**deb.with_libraries("usr/sbin/keepalived", "usr/bin/curl"), "etc/keepalived": folder(),
                   "run": folder(), "var/run": link("/run")}
     debian = f"Debian {deb.version('busybox-static')} busybox"
+    metallb = binaries.module_dir("go.universe.tf/metallb", binaries.METALLB)
+    metallb_frr_tools = {**_bin("metallb-cp-tool", "cp-tool"), **_bin("metallb-frr-metrics", "frr-metrics"),
+                         "frr-reloader.sh": file(metallb / "frr-tools/reloader/frr-reloader.sh", 0o755),
+                         "LICENSE": file(metallb / "LICENSE", 0o644)}
     return [
         Image("pause", binaries.PAUSE_TAG, [base, _bin("pause", "pause")], entrypoint=["/pause"], user="65535:65535",
               source="bmctl/lab/cmd/pause"),
@@ -431,7 +539,10 @@ def specs(deb: Debian) -> list[Image]:
               f"plugins/meta/flannel; {debian}"),
         scratch("metallb-controller", binaries.METALLB, "metallb-controller", "controller",
                 f"go.universe.tf/metallb {binaries.METALLB}"),
-        scratch("metallb-speaker", binaries.METALLB, "metallb-speaker", "speaker", f"go.universe.tf/metallb {binaries.METALLB}"),
+        # upstream's speaker/Dockerfile: /speaker, and for FRR mode /cp-tool, /frr-metrics and
+        # /frr-reloader.sh, which the speaker pod's init containers copy into the frr containers
+        Image("metallb-speaker", binaries.METALLB, [base, _bin("metallb-speaker", "speaker"), metallb_frr_tools],
+              entrypoint=["/speaker"], source=f"go.universe.tf/metallb {binaries.METALLB}"),
         Image("haproxy", _tag(deb.version("haproxy")), [users(("haproxy", 99)), {**deb.busybox(haproxy), **haproxy}],
               entrypoint=["docker-entrypoint.sh"], cmd=["haproxy", "-f", "/usr/local/etc/haproxy/haproxy.cfg"],
               user="haproxy", workdir="/var/lib/haproxy", stop_signal="SIGUSR1",
@@ -440,13 +551,18 @@ def specs(deb: Debian) -> list[Image]:
               entrypoint=["/usr/sbin/keepalived"],
               cmd=["--dont-fork", "--log-console", "--use-file=/etc/keepalived/keepalived.conf"],
               source=f"Debian keepalived {deb.version('keepalived')}; {debian}"),
+        Image("frr", _tag(deb.version("frr")), [frr_users(), _frr(deb)], entrypoint=["/sbin/tini", "--"],
+              cmd=["/usr/lib/frr/docker-start"],
+              source=f"Debian frr {deb.version('frr')}, frr-pythontools, python3.11 "
+              f"{deb.version('python3.11-minimal')}, tini {deb.version('tini')}, bash, curl; {debian}"),
         Image("web", binaries.OWN, [base, _bin("web", "web")], entrypoint=["/web"], user="65532:65532",
               ports=["8080/tcp"], source="bmctl/lab/cmd/web"),
     ]
 
 
 IMAGE_NAMES = ("pause", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns",
-               "flannel", "flannel-cni-plugin", "metallb-controller", "metallb-speaker", "haproxy", "keepalived", "web")
+               "flannel", "flannel-cni-plugin", "metallb-controller", "metallb-speaker", "haproxy", "keepalived", "frr",
+               "web")
 
 
 # -- OCI image layout ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from bmctl.errors import BmctlError
 from bmctl.lab.net import MAX_NODES, LabNet, pick
 
 # Folders bmctl writes on a node; each lab node gets a private copy (bind mount).
-NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/sysctl.d", "/etc/modules-load.d",
+NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/bmctl", "/etc/sysctl.d", "/etc/modules-load.d",
              "/var/backups/bmctl", "/var/lib/bmctl", "/var/lib/etcd"]
 STOCK_BASHRC = "# ~/.bashrc: executed by bash(1) for non-login shells (a lab node's: nothing to run).\n"
 # Login users every lab node has besides root (its own /etc/passwd, group, shadow, sudoers.d and
@@ -436,7 +436,7 @@ class Lab:
         cps = [{"address": n["address"]} for n in nodes if n["role"] == "control-plane"]
         lbs = [{"address": n["address"]} for n in nodes if n["role"] == "load-balancer"]
         workers = [{"address": n["address"]} for n in nodes if n["role"] == "worker"]
-        if net.routed:  # Services advertised to the lab's router; the API VIP stays layer 2 (Keepalived)
+        if net.routed:  # the API VIP and Services advertised to the lab's router over BGP
             lb: dict = {"mode": "bundled", "type": "bgp", "ports": {"controlPlaneLBPort": 443},
                         "vips": {"controlPlaneVIP": net.vip},
                         "addressPools": [{"name": "lab-services", "addresses": [net.bgp_pool]}],

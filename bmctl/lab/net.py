@@ -11,9 +11,10 @@ the three IPv4 documentation ranges that collide with none of them:
 With a router (`bmctl lab up --router`, `LabNet.routed`), the same A/24 is split in two, and
 everything outside the bridge's half is reached through the router, as from another rack:
 - A.0/25 is the bridge (the node subnet, prefix /25): A.1 this machine, if it joins; A.3 the
-  registry; A.10 the API VIP (still Keepalived in layer 2 among the LB nodes); nodes A.11-A.90;
-  A.126 the router's eth0 (`router_ip`; BGP router-id and every LB node's peer);
+  registry; nodes A.11-A.90; A.126 the router's eth0 (`router_ip`; BGP router-id and every LB
+  node's peer);
 - A.128/25 (`routed_cidr`) is behind the router: this machine and every node route it via A.126;
+  - A.130 the API VIP: each LB node announces it over BGP while its HAProxy answers;
   - A.160-A.175 the BGP Service pool (`bgp_pool`): LB nodes advertise what they serve, the
     router installs one next hop per advertising node (ECMP); never on-link anywhere;
   - A.192/28 the client subnet (`client_subnet`): A.193 the router's client0, A.194 the client,
@@ -75,7 +76,7 @@ class LabNet:
 
     @property
     def vip(self) -> str:
-        return self.ip(10)
+        return self.ip(130) if self.routed else self.ip(10)
 
     @property
     def pool(self) -> str:

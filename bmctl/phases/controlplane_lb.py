@@ -4,10 +4,11 @@ import json
 import time
 
 from bmctl.host import Host, HostError, sync_files
-from bmctl.phases.base import Context, Phase, Step
+from bmctl.phases.base import CLUSTER, Context, Phase, Step
 from bmctl.phases.facts import read_facts_and_files
 from bmctl.render import lb_node_files
-from bmctl.render.controlplane_lb import LB_NODE_PATHS
+from bmctl.render.bgp import VIP_STATUS
+from bmctl.render.controlplane_lb import lb_node_paths
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN, lb_bootstrap_files
 
 VIP_WAIT_SECONDS = 90
@@ -42,7 +43,7 @@ def _answers(host: Host, vip: str, port: int) -> bool:
 
 class ControlPlaneLB(Phase):
     name = "control-plane-lb"
-    title = "Control-plane load balancer (Keepalived + HAProxy)"
+    title = "Control-plane load balancer (HAProxy; the VIP by Keepalived, or by BGP from FRR)"
 
     def applies(self, ctx: Context) -> bool:
         return ctx.config.bundled
@@ -54,6 +55,11 @@ class ControlPlaneLB(Phase):
             files = lb_node_files(config, node, ctx.facts[node.address])
             steps.append(Step(node.address, "write HAProxy and Keepalived configs and static pods", files))
         vip = config.lb.vips.controlPlaneVIP
+        if config.lb.type == "bgp":
+            peers = ", ".join(p.ip for p in config.lb.bgpPeers)
+            steps.append(Step(CLUSTER, f"wait until every LB node has its BGP sessions to {peers} established and "
+                                       f"announces the VIP {vip}/32 (its HAProxy answers)"))
+            return steps
         steps.append(Step(config.lb_nodes[0].address,
                           f"wait until the VIP {vip} is held by one node and HAProxy answers on "
                           f"{vip}:{config.lb.ports.controlPlaneLBPort}"))
@@ -95,7 +101,8 @@ class ControlPlaneLB(Phase):
             node = nodes[host.address]
             known = ctx.known_facts(host.address)
             if known is None:  # preflight skipped (--force): facts and file state at once
-                known, state = read_facts_and_files(host, node.ip, config.lb.vrrp.interface, LB_NODE_PATHS)
+                known, state = read_facts_and_files(host, node.ip, config.lb.vrrp.interface,
+                                                      lb_node_paths(config))
                 ctx.facts[host.address] = known
             else:
                 state = None
@@ -111,6 +118,8 @@ class ControlPlaneLB(Phase):
 
     @staticmethod
     def wait_for_vip(ctx: Context) -> str:
+        if ctx.config.lb.type == "bgp":
+            return wait_for_bgp_vip(ctx)
         config = ctx.config
         vip = config.lb.vips.controlPlaneVIP
         port = config.lb.ports.controlPlaneLBPort
@@ -129,3 +138,49 @@ class ControlPlaneLB(Phase):
                         f"after {VIP_WAIT_SECONDS} s the VIP {vip} is {state} or HAProxy does not answer on {port}",
                         "look at the keepalived and haproxy static pods' logs on the load-balancer nodes "
                         "(a blocked VRRP multicast needs spec.loadBalancer.vrrp.unicast: true).")
+
+
+def bgp_vip_state(host: Host) -> dict:
+    """What the node's vip-health container last wrote: {"announced": bool, "sessions": {peer: state}}
+    ({} before it wrote anything)."""
+    res = host.run(["cat", VIP_STATUS], step="read the VIP's BGP state", sudo=False, check=False)
+    try:
+        data = json.loads(res.stdout) if res.rc == 0 else {}
+    except ValueError:
+        return {}
+    summary = data.get("summary") or {}
+    peers = (summary.get("ipv4Unicast") or summary).get("peers") or {}
+    return {"announced": bool(data.get("announced")), "sessions": {ip: p.get("state") for ip, p in peers.items()}}
+
+
+def wait_for_bgp_vip(ctx: Context) -> str:
+    """BGP mode: every LB node's FRR has an established session to each peer and announces the VIP
+    (its HAProxy answers)."""
+    config = ctx.config
+    vip = config.lb.vips.controlPlaneVIP
+    peers = [p.ip for p in config.lb.bgpPeers]
+    addresses = [n.address for n in config.lb_nodes]
+    deadline = time.monotonic() + VIP_WAIT_SECONDS
+    problems: dict[str, str] = {}
+    while True:
+        states = ctx.inventory.parallel(addresses, bgp_vip_state)
+        problems.clear()
+        for address in addresses:
+            state = states[address]
+            down = [p for p in peers if state.get("sessions", {}).get(p) != "Established"]
+            if not state:
+                problems[address] = "its FRR static pod has not started (no VIP state yet)"
+            elif down:
+                problems[address] = f"no established BGP session to {', '.join(down)}"
+            elif not state["announced"]:
+                problems[address] = "its HAProxy does not answer, so it does not announce the VIP"
+        if not problems:
+            ctx.progress.note(f"the VIP {vip}/32 is announced to {', '.join(peers)} by {', '.join(addresses)}")
+            return addresses[0]
+        if time.monotonic() > deadline:
+            raise HostError(next(iter(problems)), "wait for the VIP over BGP",
+                            f"after {VIP_WAIT_SECONDS} s: " + "; ".join(f"{a}: {p}" for a, p in problems.items()),
+                            "check that each peer accepts a session from the LB node's address with the AS numbers "
+                            "in the config (localASN, bgpPeers[].asn) and runs BFD or tolerates it; look at the frr "
+                            "static pod's log on that node (kube-system/frr-NODE, or /var/lib/bmctl/frr/etc/frr.log).")
+        time.sleep(0.5)

@@ -70,24 +70,41 @@ def _bgp_sessions_down(metrics: str, peers: list[str]) -> list[str]:
     return [p for p in peers if p not in up]
 
 
-def _speaker_metrics_problem(host: Host, pod, peers: list[str] = ()) -> str | None:
-    """Read the speaker's metrics from its node (hostNetwork: it listens on the node IP, status.hostIP)."""
-    port = next(p.container_port for c in pod.spec.containers for p in c.ports or [] if p.name == "monitoring")
+def _metrics(host: Host, pod, container: str) -> tuple[str, str | None]:
+    """A container's /metrics (its port named monitoring), read from its node (hostNetwork: it listens on
+    the node IP, status.hostIP): (text, None), or ("", why not)."""
+    port = next(p.container_port for c in pod.spec.containers if c.name == container
+                for p in c.ports or [] if p.name == "monitoring")
     ip = pod.status.host_ip
     url = f"http://[{ip}]:{port}/metrics" if ":" in ip else f"http://{ip}:{port}/metrics"
-    res = host.run(["curl", "-fsSg", "--max-time", "3", url], step="read the MetalLB speaker's metrics",
+    res = host.run(["curl", "-fsSg", "--max-time", "3", url], step=f"read the MetalLB {container}'s metrics",
                    sudo=False, check=False)
     if res.rc != 0:
-        return f"its metrics at {url} do not answer ({res.stderr.strip() or f'curl exit {res.rc}'})"
+        return "", f"its metrics at {url} do not answer ({res.stderr.strip() or f'curl exit {res.rc}'})"
+    return res.stdout, None
+
+
+def _speaker_metrics_problem(host: Host, pod, peers: list[str] = ()) -> str | None:
+    """The speaker's configuration state (its own metrics) and, in BGP mode, its sessions (FRR mode:
+    frr-metrics' metrics, the same metallb_bgp_session_up)."""
+    text, why = _metrics(host, pod, "speaker")
+    if why:
+        return why
     values = {}
-    for line in res.stdout.splitlines():
+    for line in text.splitlines():
         name, _, value = line.partition(" ")
         if name in SPEAKER_CONFIG_METRICS:
             values[name] = value.strip()
     bad = [f"{n} {values.get(n, 'missing')}" for n, want in SPEAKER_CONFIG_METRICS.items() if values.get(n) != want]
     if bad:
         return f"it has not loaded MetalLB's configuration ({', '.join(bad)})"
-    down = _bgp_sessions_down(res.stdout, list(peers))
+    if not peers:
+        return None
+    if any(c.name == "frr-metrics" for c in pod.spec.containers):
+        text, why = _metrics(host, pod, "frr-metrics")
+        if why:
+            return why
+    down = _bgp_sessions_down(text, list(peers))
     return f"its BGP session to {', '.join(down)} is not established" if down else None
 
 

@@ -104,8 +104,25 @@ def _changed(kube: Kube, declared: list[dict]) -> list[Drift]:
     return out
 
 
+def schema_defaults(declared: list[dict]) -> dict[str, dict]:
+    """kind -> {spec field: default} of the declared CRDs' served versions: the API server fills
+    these in, so a live field holding its default was not added by hand."""
+    out: dict[str, dict] = {}
+    for crd in declared:
+        if crd["kind"] != "CustomResourceDefinition":
+            continue
+        kind = crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            if f"{crd['spec']['group']}/{version['name']}" != CONFIG_API.get(kind, "metallb.io/v1beta1"):
+                continue
+            spec = version["schema"]["openAPIV3Schema"].get("properties", {}).get("spec", {})
+            out[kind] = {k: p["default"] for k, p in spec.get("properties", {}).items() if "default" in p}
+    return out
+
+
 def _undeclared(kube: Kube, declared: list[dict]) -> list[Drift]:
     specs = {(o["kind"], o["metadata"]["name"]): o.get("spec") or {} for o in declared if o["kind"] in CONFIG_KINDS}
+    defaults = schema_defaults(declared)
     out: list[Drift] = []
     for kind in CONFIG_KINDS:
         resource = kube.dynamic.resources.get(api_version=CONFIG_API.get(kind, "metallb.io/v1beta1"), kind=kind)
@@ -114,7 +131,9 @@ def _undeclared(kube: Kube, declared: list[dict]) -> list[Drift]:
             if (kind, name) not in specs:
                 out.append(Drift(kind, name, "not declared in the config (created by hand?)", "delete"))
                 continue
-            extra = sorted(set(item.get("spec") or {}) - set(specs[(kind, name)]))
+            live_spec = item.get("spec") or {}
+            extra = sorted(k for k in set(live_spec) - set(specs[(kind, name)])
+                           if k not in defaults.get(kind, {}) or live_spec[k] != defaults[kind][k])
             if extra:
                 out.append(Drift(kind, name, f"spec fields added by hand: {', '.join(extra)}", "strip",
                                  tuple(extra)))

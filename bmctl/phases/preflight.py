@@ -109,7 +109,7 @@ def _binaries(config: ClusterConfig, address: str, kubernetes: bool) -> list[str
         need += ["flock"]
     if config.bundled and address in {n.address for n in config.lb_nodes}:
         need.append("curl")
-        if address == config.lb_nodes[0].address:
+        if address == config.lb_nodes[0].address and config.lb.type != "bgp":
             need += ["arping", "python3"]
     return need
 
@@ -238,44 +238,49 @@ def _segment(config: ClusterConfig, facts: dict[str, NodeFacts]) -> tuple[list[C
         f = facts[node.address]
         nets[node.address] = netaddr.IPNetwork(f"{node.ip}/{f.prefixlen}").cidr
     distinct = set(nets.values())
+    if config.lb.type == "bgp":
+        return [_routed_check(config, first, sorted(distinct))], None
     if len(distinct) > 1:
         detail = ", ".join(f"{a} in {n}" for a, n in nets.items())
         return [Check(first, "one L2 subnet", "fail", f"load-balancer nodes are in different subnets: {detail}")], None
     net = distinct.pop()
-    checks = []
-    outside = []
-    bgp = config.lb.type == "bgp"
-    vips = [("controlPlaneVIP", config.lb.vips.controlPlaneVIP)] + \
-        ([] if bgp else [("ingressVIP", config.lb.vips.ingressVIP)])
-    for name, vip in vips:
-        if vip and parse_ip(vip) not in net:
-            outside.append(f"{name} {vip}")
-    inside = []
+    outside = [f"{name} {vip}" for name, vip in (("controlPlaneVIP", config.lb.vips.controlPlaneVIP),
+                                                 ("ingressVIP", config.lb.vips.ingressVIP))
+               if vip and parse_ip(vip) not in net]
     for pool in config.lb.addressPools:
         for text in pool.addresses:
             r = parse_pool_entry(text)
-            within = r.version == net.version and r.first >= net.first and r.last <= net.last
-            overlaps = r.version == net.version and r.first <= net.last and r.last >= net.first
-            if bgp and overlaps:
-                inside.append(f"pool {pool.name} {text}")
-            elif not bgp and not within:
+            if not (r.version == net.version and r.first >= net.first and r.last <= net.last):
                 outside.append(f"pool {pool.name} {text}")
-    checks.append(Check(first, "one L2 subnet", "fail" if outside else "ok",
-                        f"outside the load-balancer nodes' subnet {net}: {', '.join(outside)}" if outside
-                        else f"LB nodes, control-plane VIP{'' if bgp else ', ingress VIP and pools'} in {net}"))
-    if bgp:  # routed addresses: advertised to the routers, never answered for on the segment
-        checks.append(Check(first, "pools routed", "fail" if inside else "ok",
-                            f"in the load-balancer nodes' subnet {net}: {', '.join(inside)}: with type: bgp the "
-                            "pools are routed to the LB nodes, so they must lie outside every node subnet "
-                            "(a host on the segment would ARP for them and get no answer)" if inside else
-                            f"every pool outside {net}"))
+    checks = [Check(first, "one L2 subnet", "fail" if outside else "ok",
+                    f"outside the load-balancer nodes' subnet {net}: {', '.join(outside)}" if outside
+                    else f"LB nodes, control-plane VIP, ingress VIP and pools in {net}")]
     return checks, net
 
 
+def _routed_check(config: ClusterConfig, first: str, nets: list[netaddr.IPNetwork]) -> Check:
+    """BGP mode: the VIPs and the pools are routed to the LB nodes (which need no common segment), so
+    none may lie in an LB node's subnet: a host there would ARP for the address and get no answer."""
+    inside = []
+    vips = [("controlPlaneVIP", config.lb.vips.controlPlaneVIP), ("ingressVIP", config.lb.vips.ingressVIP)]
+    ranges = [(f"{name} {vip}", netaddr.IPRange(parse_ip(vip), parse_ip(vip))) for name, vip in vips if vip]
+    ranges += [(f"pool {pool.name} {text}", parse_pool_entry(text))
+               for pool in config.lb.addressPools for text in pool.addresses]
+    for what, r in ranges:
+        hit = [n for n in nets if r.version == n.version and r.first <= n.last and r.last >= n.first]
+        if hit:
+            inside.append(f"{what} (in {hit[0]})")
+    where = ", ".join(map(str, nets))
+    return Check(first, "VIPs and pools routed", "fail" if inside else "ok",
+                 f"in a load-balancer node's subnet: {', '.join(inside)}. With type: bgp they are routed to the LB "
+                 "nodes: give them addresses outside every node subnet (e.g. a range the routers do not have on "
+                 "any interface)" if inside else f"control-plane VIP, ingress VIP and pools outside {where}")
+
+
 def _arp_candidates(config: ClusterConfig) -> list[str]:
+    if config.lb.type == "bgp":  # the VIPs and pools are routed, not on the segment: nothing there to ask
+        return []
     ips = [config.lb.vips.controlPlaneVIP]
-    if config.lb.type == "bgp":  # the pools are routed, not on the segment: nothing there to ask
-        return ips
     if config.lb.vips.ingressVIP:
         ips.append(config.lb.vips.ingressVIP)
     for pool in config.lb.addressPools:
@@ -324,6 +329,8 @@ def cluster_checks(config: ClusterConfig, inventory: Inventory, facts: dict[str,
         checks.append(Check(first.address, "addresses free", "fail" if answering else "ok",
                             f"already answering ARP: {', '.join(answering)}" if answering else
                             f"no answer from {len(candidates)} VIP and pool address(es)"))
+    if config.lb.type == "bgp":  # no VRRP: the VIP goes to the routers over BGP
+        return checks
     ours = {n.ip for n in config.lb_nodes} | set(also_ours)
     vrid = config.virtual_router_id
     res = host.run(["python3", "-c", _VRRP_LISTEN, iface, str(VRRP_LISTEN_SECONDS)],

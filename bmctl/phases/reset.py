@@ -13,17 +13,20 @@ from bmctl.phases.network import flannel_leftovers, node_cleanup_argv
 from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, RECORD, SYSCTL_FILE
 from bmctl.render import node_software as ns
-from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, LB_NODE_PATHS, MANIFEST_DIR, status_file
+from bmctl.render import bgp
+from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, MANIFEST_DIR, lb_node_paths, status_file
 from bmctl.render.kubeadm import KUBEADM_CONFIG
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 
-LB_FILES = [*LB_NODE_PATHS, status_file("haproxy"), status_file("keepalived"), BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG]
+LB_STATE_FILES = [status_file("haproxy"), status_file("keepalived"), bgp.VIP_STATUS, BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG]
 NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE, *KUBEADM_STATE_FILES]
 PURGED_FILES = [ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.KUBELET_UNIT, ns.KUBEADM_DROPIN,
                 *ns.PROXY_DROPINS.values()]
 STOP_SECONDS = 60
 KEEPALIVED_STOP_SECONDS = 15
 KEEPALIVED_MANIFEST = f"{MANIFEST_DIR}/keepalived.yaml"
+# BGP mode: FRR's folders (its live configuration, MetalLB's once it ran, its log and sockets)
+FRR_FOLDERS = [bgp.BOOT_DIR, bgp.CONF_DIR, bgp.SOCKETS_DIR]
 
 
 def _listening(host: Host, ports: list[int]) -> list[int]:
@@ -61,7 +64,7 @@ class Reset(Phase):
 
     def _files(self, ctx: Context, address: str) -> list[str]:
         lb = ctx.config.bundled and address in {n.address for n in ctx.config.lb_nodes}
-        return (LB_FILES if lb else []) + NODE_FILES
+        return (lb_node_paths(ctx.config) + LB_STATE_FILES if lb else []) + NODE_FILES
 
     def _ports(self, ctx: Context, address: str) -> list[int]:
         ports = []
@@ -93,8 +96,9 @@ class Reset(Phase):
 
         def reset(host: Host) -> None:
             lb = ctx.config.bundled and host.address in {n.address for n in ctx.config.lb_nodes}
-            if lb:  # Keepalived first, stopped by the kubelet (SIGTERM): it hands the VIP over and removes it
-                remove_files(host, [KEEPALIVED_MANIFEST])
+            if lb:  # the VIP's holder first, stopped by the kubelet (SIGTERM): Keepalived hands the VIP over
+                # and removes it; in BGP mode the VIP leaves lo and bgpd closes its sessions (Cease)
+                remove_files(host, [bgp.MANIFEST if ctx.config.lb.type == "bgp" else KEEPALIVED_MANIFEST])
                 deadline = time.monotonic() + KEEPALIVED_STOP_SECONDS
                 while _holds(host, vip) and time.monotonic() < deadline:
                     time.sleep(0.5)
@@ -104,6 +108,8 @@ class Reset(Phase):
             if lb:  # a Keepalived that was killed (no kubelet to stop it) leaves the address behind
                 _drop_vip(host, vip)
             remove_files(host, self._files(ctx, host.address))
+            if lb and ctx.config.lb.type == "bgp":
+                host.run(["rm", "-rf", "--", *FRR_FOLDERS], step="remove FRR's folders")
             if has_kubeadm:  # the LB bootstrap drop-in may be gone: systemd forgets it
                 host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload", check=False)
             host.run(node_cleanup_argv(ctx.config), step="remove flannel's files, links and routes")

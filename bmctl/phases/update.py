@@ -19,13 +19,13 @@ from bmctl.config.model import Node
 from bmctl.host import Host, HostError, sync_files
 from bmctl.host.files import remove_files
 from bmctl.phases.base import Context, Phase, Step
-from bmctl.phases.controlplane_lb import ControlPlaneLB, _holds
+from bmctl.phases.controlplane_lb import ControlPlaneLB, _holds, bgp_vip_state
 from bmctl.phases.facts import gather
 from bmctl.phases.preflight import cluster_checks, node_checks, report
-from bmctl.phases.reset import LB_FILES, _listening
-from bmctl.render import lb_node_files
+from bmctl.phases.reset import FRR_FOLDERS, LB_STATE_FILES, _listening
+from bmctl.render import bgp, lb_node_files
 from bmctl.render.controlplane_lb import (CHECK_SCRIPT, HAPROXY_DIR, HAPROXY_HEALTH_PORT, KEEPALIVED_DIR,
-                                          MANIFEST_DIR, loaded_digest, status_file)
+                                          MANIFEST_DIR, lb_node_paths, loaded_digest, status_file)
 
 NODE_WAIT_SECONDS = 60
 # How long a node being removed keeps HAProxy after its Keepalived stopped: connections that
@@ -91,13 +91,15 @@ def _healthy(host: Host) -> bool:
 def wait_node_ready(host: Host, files: list) -> float:
     """Until the node's Keepalived and HAProxy run the files just written and HAProxy answers."""
     by_path = {f.path: f.content for f in files}
-    want = {"haproxy": loaded_digest(by_path[f"{HAPROXY_DIR}/haproxy.cfg"]),
-            "keepalived": loaded_digest(by_path[f"{KEEPALIVED_DIR}/keepalived.conf"], by_path[CHECK_SCRIPT])}
+    want = {"haproxy": loaded_digest(by_path[f"{HAPROXY_DIR}/haproxy.cfg"])}
+    bgp_mode = f"{KEEPALIVED_DIR}/keepalived.conf" not in by_path
+    if not bgp_mode:
+        want["keepalived"] = loaded_digest(by_path[f"{KEEPALIVED_DIR}/keepalived.conf"], by_path[CHECK_SCRIPT])
     start = time.monotonic()
     have: dict[str, str] = {}
     while time.monotonic() - start < NODE_WAIT_SECONDS:
         have = _loaded(host, want)
-        if have == want and _healthy(host):
+        if have == want and _healthy(host) and (not bgp_mode or bgp_vip_state(host).get("announced")):
             return time.monotonic() - start
         time.sleep(0.3)
     late = [p for p in want if have.get(p) != want[p]]
@@ -108,14 +110,17 @@ def wait_node_ready(host: Host, files: list) -> float:
                     "to continue (nodes already done are left alone).")
 
 
-def stop_lb_node(host: Host, port: int) -> None:
-    """Keepalived first (the VIP leaves with its priority-0 advert), then HAProxy, then the files."""
-    remove_files(host, [f"{MANIFEST_DIR}/keepalived.yaml"])
+def stop_lb_node(host: Host, port: int, config) -> None:
+    """The VIP's holder first (Keepalived leaves with its priority-0 advert; in BGP mode FRR withdraws
+    the VIP and closes its sessions), then HAProxy, then the files."""
+    bgp_mode = config.lb.type == "bgp"
+    remove_files(host, [bgp.MANIFEST if bgp_mode else f"{MANIFEST_DIR}/keepalived.yaml"])
     deadline = time.monotonic() + NODE_WAIT_SECONDS
-    while _loaded(host, {"keepalived": ""}).get("keepalived"):
+    while bgp_vip_state(host) if bgp_mode else _loaded(host, {"keepalived": ""}).get("keepalived"):
         if time.monotonic() > deadline:
-            raise HostError(host.address, "stop Keepalived", f"Keepalived still runs {NODE_WAIT_SECONDS} s after "
-                            "its static pod was removed", "check the node's kubelet, then re-run the update.")
+            raise HostError(host.address, "stop the VIP's holder", f"{'FRR' if bgp_mode else 'Keepalived'} still "
+                            f"runs {NODE_WAIT_SECONDS} s after its static pod was removed",
+                            "check the node's kubelet, then re-run the update.")
         time.sleep(0.3)
     time.sleep(DRAIN_SECONDS)
     remove_files(host, [f"{MANIFEST_DIR}/haproxy.yaml"])
@@ -124,7 +129,9 @@ def stop_lb_node(host: Host, port: int) -> None:
             raise HostError(host.address, "stop HAProxy", f"port {port} still in use {NODE_WAIT_SECONDS} s after "
                             "HAProxy's static pod was removed", "check the node's kubelet, then re-run the update.")
         time.sleep(0.3)
-    remove_files(host, LB_FILES)
+    remove_files(host, lb_node_paths(config) + LB_STATE_FILES)
+    if bgp_mode:
+        host.run(["rm", "-rf", "--", *FRR_FOLDERS], step="remove FRR's folders")
 
 
 class RollingLB(Phase):
@@ -150,6 +157,8 @@ class RollingLB(Phase):
         return steps
 
     def _holder(self, ctx: Context, nodes: list[Node]) -> str | None:
+        if ctx.config.lb.type == "bgp":  # every healthy LB node announces the VIP: no master to keep for last
+            return None
         vip = ctx.config.lb.vips.controlPlaneVIP
         held = ctx.inventory.parallel([n.address for n in nodes], lambda h: _holds(h, vip))
         holders = [a for a, yes in held.items() if yes]
@@ -167,13 +176,13 @@ class RollingLB(Phase):
         removed = [n.address for n in ch.lb_removed]
         if master in removed:
             ctx.progress.host(master, "holds the VIP and is being removed: handing the VIP over first")
-            stop_lb_node(inv[master], port)
+            stop_lb_node(inv[master], port, config)
             new_master = ControlPlaneLB.wait_for_vip(ctx)
             ctx.progress.host(master, f"stopped; the VIP moved to {new_master}")
             master = new_master
         for address in removed:
             if address != ctx.options["vrrp_master"]:
-                stop_lb_node(inv[address], port)
+                stop_lb_node(inv[address], port, config)
                 ctx.progress.host(address, "Keepalived and HAProxy stopped, files removed")
 
         kept = [n for n in ch.lb_kept if n.address != master] + [n for n in ch.lb_kept if n.address == master]
@@ -183,7 +192,8 @@ class RollingLB(Phase):
             files = lb_node_files(config, node, facts[node.address])
             changes = ctx.record(node.address, sync_files(host, files))
             changed = [c.path.rsplit("/", 1)[-1] for c in changes if c.status != "unchanged"]
-            role = "new node" if node in ch.lb_added else ("VRRP master" if node.address == master else "backup")
+            role = "new node" if node in ch.lb_added else (
+                "LB node" if config.lb.type == "bgp" else "VRRP master" if node.address == master else "backup")
             if not changed:
                 ctx.progress.host(node.address, f"{role}: unchanged")
                 continue

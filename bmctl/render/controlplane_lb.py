@@ -95,6 +95,14 @@ LB_NODE_PATHS = [f"{HAPROXY_DIR}/haproxy.cfg", CHECK_SCRIPT, f"{KEEPALIVED_DIR}/
                  f"{MANIFEST_DIR}/haproxy.yaml", f"{MANIFEST_DIR}/keepalived.yaml"]
 
 
+def lb_node_paths(config: ClusterConfig) -> list[str]:
+    """The paths lb_node_files writes on an LB node of this config, in its order."""
+    if config.lb.type == "bgp":
+        from bmctl.render.bgp import BGP_NODE_PATHS
+        return [f"{HAPROXY_DIR}/haproxy.cfg", *BGP_NODE_PATHS[:-1], f"{MANIFEST_DIR}/haproxy.yaml", BGP_NODE_PATHS[-1]]
+    return LB_NODE_PATHS
+
+
 def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[RenderedFile]:
     """Every file bmctl writes on one LB node, in the order they must land.
 
@@ -102,21 +110,26 @@ def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[R
     manifest appears, so the config it mounts must already be in place.
     """
     cfg = haproxy_cfg(config)
-    kconf = keepalived_conf(config, node, facts)
-    script = check_script()
     container_cfg = f"{HAPROXY_CONTAINER_DIR}/haproxy.cfg"
     haproxy_run = _reloader("haproxy", [container_cfg], f"haproxy -W -db -f {container_cfg}", "USR2",
                             f"haproxy -c -q -f {container_cfg}",
                             "SIGUSR2: a new worker takes over the listening sockets",
                             # the official image's STOPSIGNAL (HAProxy's soft stop)
                             stop_signal="USR1")
+    haproxy_pod = render("haproxy/haproxy.yaml.j2", cluster=config.name, image=releases.of(config).image("haproxy"),
+                         health_port=HAPROXY_HEALTH_PORT, container_config_dir=HAPROXY_CONTAINER_DIR,
+                         host_config_dir=HAPROXY_DIR, wrapper=haproxy_run, status_dir=STATUS_DIR)
+    if config.lb.type == "bgp":  # the VIP goes to the routers over BGP (bmctl/render/bgp.py), no VRRP
+        from bmctl.render.bgp import bgp_node_files
+        *boot, frr_pod = bgp_node_files(config, node)
+        return [RenderedFile(f"{HAPROXY_DIR}/haproxy.cfg", cfg), *boot,
+                RenderedFile(f"{MANIFEST_DIR}/haproxy.yaml", haproxy_pod, mode=0o600), frr_pod]
+    kconf = keepalived_conf(config, node, facts)
+    script = check_script()
     kconf_path = f"{KEEPALIVED_DIR}/keepalived.conf"
     keepalived_run = _reloader("keepalived", [kconf_path, CHECK_SCRIPT],
                                f"keepalived --dont-fork --log-console --vrrp --use-file={kconf_path}", "HUP", "",
                                "SIGHUP: the VRRP instance keeps its state, a master stays master")
-    haproxy_pod = render("haproxy/haproxy.yaml.j2", cluster=config.name, image=releases.of(config).image("haproxy"),
-                         health_port=HAPROXY_HEALTH_PORT, container_config_dir=HAPROXY_CONTAINER_DIR,
-                         host_config_dir=HAPROXY_DIR, wrapper=haproxy_run, status_dir=STATUS_DIR)
     keepalived_pod = render("keepalived/keepalived.yaml.j2", cluster=config.name, image=releases.of(config).image("keepalived"),
                             container_config_dir=KEEPALIVED_DIR, host_config_dir=KEEPALIVED_DIR,
                             wrapper=keepalived_run, status_dir=STATUS_DIR)

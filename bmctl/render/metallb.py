@@ -26,7 +26,8 @@ from bmctl.render.engine import RenderedFile, render, template_dir
 from bmctl.secrets import ClusterSecrets
 
 UPSTREAM_VERSION = "v0.15.2"
-UPSTREAM = f"metallb/metallb-native-{UPSTREAM_VERSION}.yaml"   # under templates/
+UPSTREAM = f"metallb/metallb-native-{UPSTREAM_VERSION}.yaml"   # under templates/: layer 2
+UPSTREAM_FRR = f"metallb/metallb-frr-{UPSTREAM_VERSION}.yaml"   # BGP mode (FRR: BFD, one speaker per node)
 NAMESPACE = "metallb-system"
 L2_ADVERTISEMENT = "bmctl-lb-nodes"
 
@@ -108,6 +109,62 @@ DEVIATIONS: tuple[Deviation, ...] = (
     Deviation("L2Advertisement", None, "add", "announce the pools from the load-balancer nodes only"),
 )
 
+_SPEAKER_POD = ("spec", "template", "spec")
+_ONE_FRR = ("one FRR per load-balancer node, bmctl's static pod (bmctl/render/bgp.py): it announces the control-plane "
+            "VIP before any API server exists, and a router keeps one session per neighbour address, so the speaker "
+            "drives that FRR (its reloader and frr-metrics share the static pod's folders) instead of running its own")
+
+
+def _host_folder(name: str, path: str) -> dict:
+    return {"name": name, "hostPath": {"path": path, "type": "DirectoryOrCreate"}}
+
+
+def _frr_deviations() -> tuple[Deviation, ...]:
+    from bmctl.render import bgp
+    return (
+        Deviation("ConfigMap", "frr-startup", "drop", _ONE_FRR + ": its boot files are bmctl's"),
+        Deviation("DaemonSet", "speaker", "remove", _ONE_FRR, (*_SPEAKER_POD, "containers", "[frr]")),
+        Deviation("DaemonSet", "speaker", "remove", _ONE_FRR, (*_SPEAKER_POD, "initContainers", "[cp-frr-files]")),
+        Deviation("DaemonSet", "speaker", "remove", _ONE_FRR, (*_SPEAKER_POD, "volumes", "[frr-startup]")),
+        Deviation("DaemonSet", "speaker", "set", _ONE_FRR + ": FRR's vty sockets",
+                  (*_SPEAKER_POD, "volumes", "[frr-sockets]"), _host_folder("frr-sockets", bgp.SOCKETS_DIR)),
+        Deviation("DaemonSet", "speaker", "set", _ONE_FRR + ": FRR's /etc/frr (frr.conf, frr.log)",
+                  (*_SPEAKER_POD, "volumes", "[frr-conf]"), _host_folder("frr-conf", bgp.CONF_DIR)),
+        *(Deviation("DaemonSet", "speaker", "set", _IMAGE_LIST, (*_SPEAKER_POD, "containers", f"[{c}]", "image"),
+                    lambda r: r.image("frr")) for c in ("reloader", "frr-metrics")),
+        *(Deviation("DaemonSet", "speaker", "set", _IMAGE_LIST, (*_SPEAKER_POD, "initContainers", f"[{c}]", "image"),
+                    lambda r: r.image("metallb-speaker")) for c in ("cp-reloader", "cp-metrics")),
+        Deviation("DaemonSet", "speaker", "set", "each LB node's FRR keeps the node's address as its router-id "
+                  "(bmctl/render/bgp.py reloader_script says why): MetalLB's reloader runs on MetalLB's "
+                  "configuration with that line added", (*_SPEAKER_POD, "containers", "[reloader]", "command"),
+                  lambda r: ["/bin/sh", "-c", _reloader_script()]),
+        Deviation("DaemonSet", "speaker", "set", "the node's address for its router-id",
+                  (*_SPEAKER_POD, "containers", "[reloader]", "env"),
+                  [{"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}]),
+        Deviation("BGPPeer", None, "add", "one per router, spoken to from every LB node, with BFD"),
+        Deviation("BFDProfile", None, "add", "sub-second failure detection for every BGP session"),
+        Deviation("ConfigMap", "bgpextras", "add", "the control-plane VIP's lines, kept in FRR by MetalLB's reloads"),
+        Deviation("BGPAdvertisement", None, "add", "announce the pools from the load-balancer nodes only"),
+    )
+
+
+def _reloader_script() -> str:
+    return render("bgp/reloader.sh.j2", env="NODE_IP", node_dir="/etc/frr_reloader/node", shared="/etc/frr_reloader",
+                  upstream="/etc/frr_reloader/frr-reloader.sh").rstrip("\n")
+
+
+def deviations(mode: str) -> tuple[Deviation, ...]:
+    """Every deviation of bmctl's MetalLB from upstream's manifest of `mode` ("native": layer 2,
+    "frr": BGP)."""
+    if mode == "native":
+        return DEVIATIONS
+    return tuple(d for d in DEVIATIONS if d.kind != "L2Advertisement") + _frr_deviations()
+
+
+def mode_of(config: ClusterConfig) -> str:
+    return "frr" if config.lb.type == "bgp" else "native"
+
+
 # Kept as upstream ships it, on purpose (not deviations).
 KEPT = (
     "bgppeers.metallb.io keeps its conversion webhook (v1beta1 <-> v1beta2), which nothing serves with webhooks "
@@ -132,9 +189,10 @@ MEMBERLIST_FILE = "03-metallb-memberlist.yaml"
 POOLS_FILE = "06-metallb-pools.yaml"
 
 
-@functools.lru_cache(maxsize=1)
-def _upstream() -> tuple[dict, ...]:
-    return tuple(d for d in yaml.load_all((template_dir() / UPSTREAM).read_text(), Loader=_LOADER) if d)
+@functools.lru_cache(maxsize=2)
+def _upstream(mode: str = "native") -> tuple[dict, ...]:
+    path = template_dir() / (UPSTREAM if mode == "native" else UPSTREAM_FRR)
+    return tuple(d for d in yaml.load_all(path.read_text(), Loader=_LOADER) if d)
 
 
 def _child(node: dict | list, key: str, create: bool = False):
@@ -153,7 +211,9 @@ def _change(obj: dict, dev: Deviation, release: Release | None) -> None:
     owner, node = None, obj
     for key in parents:
         owner, node = node, _child(node, key, create=dev.change == "set")
-    if dev.change == "set":
+    if dev.change == "set" and isinstance(node, list):  # a named list item, replaced in place
+        node[node.index(_child(node, last))] = dev.item(release)
+    elif dev.change == "set":
         node[last] = dev.item(release)
     elif dev.change == "remove":
         node.remove(_child(node, last))
@@ -190,9 +250,9 @@ def with_deviations(upstream: list[dict], deviations: tuple[Deviation, ...] = DE
     return objs
 
 
-def _dump(objs: list[dict]) -> str:
-    head = (f"# MetalLB {UPSTREAM_VERSION} as upstream ships it (config/manifests/metallb-native.yaml), changed "
-            "only as bmctl/render/metallb.py DEVIATIONS says.\n")
+def _dump(objs: list[dict], mode: str = "native") -> str:
+    head = (f"# MetalLB {UPSTREAM_VERSION} as upstream ships it (config/manifests/metallb-{mode}.yaml), changed "
+            "only as bmctl/render/metallb.py deviations() says.\n")
     return head + yaml.dump_all(objs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
 
 
@@ -237,32 +297,37 @@ def bgp_peer_name(ip: str) -> str:
 
 def bgp_settings(config: ClusterConfig) -> dict | None:
     """MetalLB's BGP objects for loadBalancer.type: bgp (None in layer 2): one BGPPeer per router,
-    spoken to by every LB node, and one BGPAdvertisement of every pool."""
+    spoken to by every LB node, with BFD; the BFD profile; one BGPAdvertisement of every pool; and
+    the control-plane VIP's lines for the nodes' FRR (bgpextras)."""
+    from bmctl.render import bgp
     lb = config.lb
     if lb.type != "bgp":
         return None
-    return {"local_asn": lb.localASN, "hold": "3s", "advertisement": BGP_ADVERTISEMENT,
-            "peers": [{"name": bgp_peer_name(p.ip), "asn": p.asn, "address": p.ip} for p in lb.bgpPeers]}
+    peers = [{"name": bgp_peer_name(p.ip), "asn": p.asn, "address": p.ip} for p in lb.bgpPeers]
+    return {"local_asn": lb.localASN, "hold": f"{bgp.HOLD}s", "keepalive": f"{bgp.KEEPALIVE}s",
+            "connect": f"{bgp.CONNECT_RETRY}s",
+            "advertisement": BGP_ADVERTISEMENT, "peers": peers, "bfd": bgp.BFD, "extras": bgp.vip_lines(config)}
 
 
 def kube_proxy_config(config: ClusterConfig) -> str:
     return render("kubeadm/kube-proxy.yaml.j2", mode=config.spec.clusterNetwork.kubeProxyMode)
 
 
-def metallb_objects(release: Release | None = None) -> list[dict]:
+def metallb_objects(release: Release | None = None, mode: str = "native") -> list[dict]:
     """Upstream's objects as bmctl deploys them (without the memberlist secret and the pools)."""
-    return with_deviations(list(_upstream()), release=release)
+    return with_deviations(list(_upstream(mode)), deviations(mode), release=release)
 
 
 def metallb_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[RenderedFile]:
     """Cluster-wide manifests, named in apply order."""
     by_file: dict[str, list[dict]] = {}
-    for obj in metallb_objects(releases.of(config)):
+    mode = mode_of(config)
+    for obj in metallb_objects(releases.of(config), mode):
         if obj["kind"] not in FILES:
             raise RuntimeError(f"upstream's MetalLB manifest has a {obj['kind']} ({obj['metadata']['name']}) that "
                                "bmctl does not know where to apply: add its kind to FILES or drop it in DEVIATIONS")
         by_file.setdefault(FILES[obj["kind"]], []).append(obj)
-    files = [RenderedFile(name, _dump(objs)) for name, objs in by_file.items()]
+    files = [RenderedFile(name, _dump(objs, mode)) for name, objs in by_file.items()]
     files.append(RenderedFile(MEMBERLIST_FILE, render("metallb/memberlist-secret.yaml.j2", namespace=NAMESPACE,
                                                       memberlist_key=secrets.memberlist_key), mode=0o600, secret=True))
     files.append(RenderedFile(POOLS_FILE, render("metallb/pools.yaml.j2", pools=address_pools(config),
