@@ -117,9 +117,11 @@ class ControlPlaneLB(Phase):
         ctx.inventory.parallel(list(nodes), write)
 
     @staticmethod
-    def wait_for_vip(ctx: Context) -> str:
+    def wait_for_vip(ctx: Context, peers: list[str] | None = None) -> str:
+        """Layer 2: one LB node holds the VIP and HAProxy answers there. BGP: every LB node announces
+        it to `peers` (default: every configured peer)."""
         if ctx.config.lb.type == "bgp":
-            return wait_for_bgp_vip(ctx)
+            return wait_for_bgp_vip(ctx, peers)
         config = ctx.config
         vip = config.lb.vips.controlPlaneVIP
         port = config.lb.ports.controlPlaneLBPort
@@ -153,12 +155,12 @@ def bgp_vip_state(host: Host) -> dict:
     return {"announced": bool(data.get("announced")), "sessions": {ip: p.get("state") for ip, p in peers.items()}}
 
 
-def wait_for_bgp_vip(ctx: Context) -> str:
+def wait_for_bgp_vip(ctx: Context, peers: list[str] | None = None) -> str:
     """BGP mode: every LB node's FRR has an established session to each peer and announces the VIP
     (its HAProxy answers)."""
     config = ctx.config
     vip = config.lb.vips.controlPlaneVIP
-    peers = [p.ip for p in config.lb.bgpPeers]
+    peers = [p.ip for p in config.lb.bgpPeers] if peers is None else peers
     addresses = [n.address for n in config.lb_nodes]
     deadline = time.monotonic() + VIP_WAIT_SECONDS
     problems: dict[str, str] = {}

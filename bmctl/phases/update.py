@@ -134,6 +134,15 @@ def stop_lb_node(host: Host, port: int, config) -> None:
         host.run(["rm", "-rf", "--", *FRR_FOLDERS], step="remove FRR's folders")
 
 
+def _running_peers(ch) -> list[str] | None:
+    """BGP mode: the peers whose sessions the LB nodes' FRR has before MetalLB applies the new
+    BGPPeers (the data-plane phase, after this one, checks the added peers' sessions)."""
+    if ch.desired.lb.type != "bgp":
+        return None
+    before = {p.ip for p in ch.applied.lb.bgpPeers}
+    return [p.ip for p in ch.desired.lb.bgpPeers if p.ip in before]
+
+
 class RollingLB(Phase):
     name = "control-plane-lb"
     title = "Control-plane load balancers, one node at a time"
@@ -177,7 +186,7 @@ class RollingLB(Phase):
         if master in removed:
             ctx.progress.host(master, "holds the VIP and is being removed: handing the VIP over first")
             stop_lb_node(inv[master], port, config)
-            new_master = ControlPlaneLB.wait_for_vip(ctx)
+            new_master = ControlPlaneLB.wait_for_vip(ctx, _running_peers(ch))
             ctx.progress.host(master, f"stopped; the VIP moved to {new_master}")
             master = new_master
         for address in removed:
@@ -200,6 +209,6 @@ class RollingLB(Phase):
             took = wait_node_ready(host, files)
             ctx.progress.host(node.address, f"{role}: {', '.join(changed)} written; reloaded and healthy in "
                                             f"{took:.1f} s")
-        holder = ControlPlaneLB.wait_for_vip(ctx)
+        holder = ControlPlaneLB.wait_for_vip(ctx, _running_peers(ch))
         ctx.options["vrrp_master_after"] = holder
 
