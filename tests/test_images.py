@@ -28,6 +28,8 @@ import yaml
 from conftest import require, require_root, require_tool
 from test_render import keepalived_dirs, netns_with_eth0, node_dirs, rendered  # noqa: F401 (fixtures)
 
+from lab.layouts import image_config, unpack
+
 from bmctl.lab import binaries, images, registry, release
 from bmctl.lab.net import pick
 
@@ -41,23 +43,6 @@ def built():
     missing = [n for n, _, st, _ in binaries.listing() if st != "ok"]
     require(not missing, f"lab binaries built (python -m bmctl.lab.binaries): missing or stale {missing}")
     return images.build_all(say=lambda _: None)  # from the cache: .ci/run built them
-
-
-def unpack(b: images.Built, dest: Path) -> Path:
-    """The image's root folder: its layers extracted in order, owners kept."""
-    blobs = b.layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / b.digest.split(":")[1]).read_text())
-    dest.mkdir(parents=True, exist_ok=True)
-    for layer in manifest["layers"]:
-        with tarfile.open(blobs / layer["digest"].split(":")[1], "r:gz") as tar:
-            tar.extractall(dest, numeric_owner=True, filter="fully_trusted")
-    return dest
-
-
-def config(b: images.Built) -> dict:
-    blobs = b.layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / b.digest.split(":")[1]).read_text())
-    return json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())["config"]
 
 
 @pytest.fixture(scope="module")
@@ -168,11 +153,11 @@ def test_every_image_has_path_and_the_expected_names(built):
     for name in ("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"):
         assert built[name].tag == "v1.34.2"
     for b in built.values():
-        assert any(e.startswith("PATH=") for e in config(b)["Env"]), b.name
+        assert any(e.startswith("PATH=") for e in image_config(b)["Env"]), b.name
 
 
 def test_haproxy_image_keeps_the_official_contract(built, roots):
-    cfg = config(built["haproxy"])
+    cfg = image_config(built["haproxy"])
     assert cfg["User"] in ("haproxy", "99")
     assert cfg["StopSignal"] == "SIGUSR1"
     assert cfg["Entrypoint"] == ["docker-entrypoint.sh"]
@@ -302,7 +287,7 @@ def test_flannel_images_copy_with_cp(roots):
 
 def test_coredns_binds_port_53_as_nonroot(built):
     """/coredns carries cap_net_bind_service=+ep (setcap, as upstream's image) and runs as nonroot."""
-    cfg = config(built["coredns"])
+    cfg = image_config(built["coredns"])
     assert cfg["User"] == "nonroot:nonroot" and cfg["Entrypoint"] == ["/coredns"]
     blobs = built["coredns"].layout / "blobs" / "sha256"
     manifest = json.loads((blobs / built["coredns"].digest.split(":")[1]).read_text())

@@ -220,7 +220,8 @@ def test_a_peer_added_and_removed_live_while_the_other_keeps_serving(lab, servic
         wait_for(lambda: not [a for a, p in router.summary_of(router._vtysh(
             folder, ["show bgp ipv4 unicast summary json"]).stdout).items() if p["state"] == "Established"], 60,
             "the removed peer's sessions to close")
-        assert router.kernel_next_hops(ns, f"{vip(lab)}/32") == []
+        wait_for(lambda: router.kernel_next_hops(ns, f"{vip(lab)}/32") == [], 10,
+                 "the removed peer's routes to go from its kernel")
         time.sleep(3)  # the client keeps going a little after the removal
     finally:
         stop.set()

@@ -16,13 +16,11 @@ Needs the binaries and images built (`python -m bmctl.lab.binaries`, `python -m 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import stat
 import subprocess
-import tarfile
 import tempfile
 from pathlib import Path
 
@@ -30,6 +28,8 @@ import pytest
 import yaml
 
 from conftest import require, require_root, require_tool, upstream_file
+
+from lab.layouts import image_config, unpack
 
 from bmctl.lab import binaries, images
 
@@ -135,23 +135,6 @@ step metrics curl -s http://127.0.0.1:7473/metrics
 step reloader-log cat /tmp/reloader.log
 step frr-log cat /tmp/frr-container.log
 """
-
-
-def unpack(b: images.Built, dest: Path) -> Path:
-    """The image's root folder: its layers extracted in order, owners kept."""
-    blobs = b.layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / b.digest.split(":")[1]).read_text())
-    dest.mkdir(parents=True)
-    for layer in manifest["layers"]:
-        with tarfile.open(blobs / layer["digest"].split(":")[1], "r:gz") as tar:
-            tar.extractall(dest, numeric_owner=True, filter="fully_trusted")
-    return dest
-
-
-def image_config(b: images.Built) -> dict:
-    blobs = b.layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / b.digest.split(":")[1]).read_text())
-    return json.loads((blobs / manifest["config"]["digest"].split(":")[1]).read_text())["config"]
 
 
 @pytest.fixture(scope="module")

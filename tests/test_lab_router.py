@@ -154,10 +154,10 @@ def test_lab_yaml_has_bgp_load_balancing(state):
     assert lb["type"] == "bgp" and lb["localASN"] == 64513
     assert lb["bgpPeers"] == [{"ip": NET.ip(126), "asn": 64512}]
     assert lb["addressPools"] == [{"name": "lab-services", "addresses": [f"{NET.ip(160)}-{NET.ip(175)}"]}]
-    assert lb["vips"] == {"controlPlaneVIP": NET.ip(10)}
+    assert lb["vips"] == {"controlPlaneVIP": NET.ip(130)}  # behind the router: announced over BGP
     assert [n["address"] for n in lb["nodePoolSpec"]["nodes"]] == [NET.ip(12), NET.ip(13)]
     assert docs[2]["spec"]["clusterNetwork"]["services"]["cidrBlocks"] == [f"{NET.ip(224)}/28"]
-    pool = netaddr.IPSet(netaddr.IPRange(NET.ip(160), NET.ip(175)))
+    pool = netaddr.IPSet(netaddr.IPRange(NET.ip(160), NET.ip(175))) | netaddr.IPSet([NET.ip(130)])
     assert not pool & netaddr.IPSet([f"{NET.ip(0)}/25"])  # advertised, never on-link
     config = load_config(state["config"])
     assert config.lb.type == "bgp"
@@ -199,7 +199,7 @@ def test_the_routed_layout():
             net.router_client_ip, net.client_ip, net.services, net.vip, net.registry_ip, net.host_ip,
             net.router_asn, net.cluster_asn, net.ingress_vip, net.pool) == (
         25, "198.51.100.0/25", "198.51.100.126", "198.51.100.128/25", "198.51.100.160-198.51.100.175",
-        "198.51.100.192/28", "198.51.100.193", "198.51.100.194", "198.51.100.224/28", "198.51.100.10",
+        "198.51.100.192/28", "198.51.100.193", "198.51.100.194", "198.51.100.224/28", "198.51.100.130",
         "198.51.100.3", "198.51.100.1", 64512, 64513, None, "198.51.100.160-198.51.100.175")
     bridge = netaddr.IPNetwork(net.bridge_cidr)
     last = netaddr.IPAddress(net.node_ip(MAX_NODES - 1))
