@@ -53,7 +53,8 @@ class ControlPlaneLB(Phase):
         steps = []
         for node in config.lb_nodes:
             files = lb_node_files(config, node, ctx.facts[node.address])
-            steps.append(Step(node.address, "write HAProxy and Keepalived configs and static pods", files))
+            holder = "FRR (BGP)" if config.lb.type == "bgp" else "Keepalived"
+            steps.append(Step(node.address, f"write HAProxy and {holder} configs and static pods", files))
         vip = config.lb.vips.controlPlaneVIP
         if config.lb.type == "bgp":
             peers = ", ".join(p.ip for p in config.lb.bgpPeers)
@@ -86,7 +87,8 @@ class ControlPlaneLB(Phase):
                 host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload")
                 host.run(["systemctl", "enable", "kubelet"], step="enable the kubelet")
                 host.run(["systemctl", "restart", "kubelet"], step="start the kubelet standalone")
-                ctx.progress.host(host.address, "kubelet started standalone (Keepalived and HAProxy until kubeadm)")
+                ctx.progress.host(host.address, "kubelet started standalone (the load-balancer static pods until "
+                                                "kubeadm)")
 
         ctx.inventory.parallel([n.address for n in config.lb_nodes], start)
 
