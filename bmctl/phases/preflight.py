@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass
 
 import netaddr
 
-from bmctl.config.addresses import parse_ip, parse_pool_entry
+from bmctl.config.addresses import intersects, parse_ip, parse_pool_entry
 from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT, ClusterConfig
 from bmctl.errors import BmctlError
 from bmctl.host import Host, Inventory
@@ -267,7 +267,7 @@ def _routed_check(config: ClusterConfig, first: str, nets: list[netaddr.IPNetwor
     ranges += [(f"pool {pool.name} {text}", parse_pool_entry(text))
                for pool in config.lb.addressPools for text in pool.addresses]
     for what, r in ranges:
-        hit = [n for n in nets if r.version == n.version and r.first <= n.last and r.last >= n.first]
+        hit = [n for n in nets if intersects(r, n)]
         if hit:
             inside.append(f"{what} (in {hit[0]})")
     where = ", ".join(map(str, nets))

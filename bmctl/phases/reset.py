@@ -14,7 +14,7 @@ from bmctl.phases.preflight import _listeners
 from bmctl.phases.provision import MODULES_FILE, RECORD, SYSCTL_FILE
 from bmctl.render import node_software as ns
 from bmctl.render import bgp
-from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, MANIFEST_DIR, lb_node_paths, status_file
+from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, lb_node_paths, status_file, vip_holder_manifest
 from bmctl.render.kubeadm import KUBEADM_CONFIG
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 
@@ -24,9 +24,21 @@ PURGED_FILES = [ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.KUBELET_UNIT, ns.KU
                 *ns.PROXY_DROPINS.values()]
 STOP_SECONDS = 60
 KEEPALIVED_STOP_SECONDS = 15
-KEEPALIVED_MANIFEST = f"{MANIFEST_DIR}/keepalived.yaml"
 # BGP mode: FRR's folders (its live configuration, MetalLB's once it ran, its log and sockets)
 FRR_FOLDERS = [bgp.BOOT_DIR, bgp.CONF_DIR, bgp.SOCKETS_DIR]
+
+
+def lb_files(config) -> list[str]:
+    """What bmctl leaves on an LB node: its files (per load-balancer type), the pods' state files,
+    the bootstrap kubelet's, and in BGP mode FRR's folders."""
+    return lb_node_paths(config) + LB_STATE_FILES + (FRR_FOLDERS if config.lb.type == "bgp" else [])
+
+
+def remove_lb_files(host: Host, config) -> None:
+    """Remove lb_files(config) from an LB node (FRR's folders with what FRR wrote in them)."""
+    remove_files(host, lb_node_paths(config) + LB_STATE_FILES)
+    if config.lb.type == "bgp":
+        host.run(["rm", "-rf", "--", *FRR_FOLDERS], step="remove FRR's folders")
 
 
 def _listening(host: Host, ports: list[int]) -> list[int]:
@@ -64,7 +76,7 @@ class Reset(Phase):
 
     def _files(self, ctx: Context, address: str) -> list[str]:
         lb = ctx.config.bundled and address in {n.address for n in ctx.config.lb_nodes}
-        return (lb_node_paths(ctx.config) + LB_STATE_FILES if lb else []) + NODE_FILES
+        return (lb_files(ctx.config) if lb else []) + NODE_FILES
 
     def _ports(self, ctx: Context, address: str) -> list[int]:
         ports = []
@@ -98,7 +110,7 @@ class Reset(Phase):
             lb = ctx.config.bundled and host.address in {n.address for n in ctx.config.lb_nodes}
             if lb:  # the VIP's holder first, stopped by the kubelet (SIGTERM): Keepalived hands the VIP over
                 # and removes it; in BGP mode the VIP leaves lo and bgpd closes its sessions (Cease)
-                remove_files(host, [bgp.MANIFEST if ctx.config.lb.type == "bgp" else KEEPALIVED_MANIFEST])
+                remove_files(host, [vip_holder_manifest(ctx.config)])
                 deadline = time.monotonic() + KEEPALIVED_STOP_SECONDS
                 while _holds(host, vip) and time.monotonic() < deadline:
                     time.sleep(0.5)
@@ -107,9 +119,9 @@ class Reset(Phase):
                 host.run(["kubeadm", "reset", "-f"], step="kubeadm reset", timeout=300)
             if lb:  # a Keepalived that was killed (no kubelet to stop it) leaves the address behind
                 _drop_vip(host, vip)
-            remove_files(host, self._files(ctx, host.address))
-            if lb and ctx.config.lb.type == "bgp":
-                host.run(["rm", "-rf", "--", *FRR_FOLDERS], step="remove FRR's folders")
+            if lb:
+                remove_lb_files(host, ctx.config)
+            remove_files(host, NODE_FILES)
             if has_kubeadm:  # the LB bootstrap drop-in may be gone: systemd forgets it
                 host.run(["systemctl", "daemon-reload"], step="systemctl daemon-reload", check=False)
             host.run(node_cleanup_argv(ctx.config), step="remove flannel's files, links and routes")

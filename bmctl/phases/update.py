@@ -22,10 +22,10 @@ from bmctl.phases.base import Context, Phase, Step
 from bmctl.phases.controlplane_lb import ControlPlaneLB, _holds, bgp_vip_state
 from bmctl.phases.facts import gather
 from bmctl.phases.preflight import cluster_checks, node_checks, report
-from bmctl.phases.reset import FRR_FOLDERS, LB_STATE_FILES, _listening
-from bmctl.render import bgp, lb_node_files
+from bmctl.phases.reset import _listening, remove_lb_files
+from bmctl.render import lb_node_files
 from bmctl.render.controlplane_lb import (CHECK_SCRIPT, HAPROXY_DIR, HAPROXY_HEALTH_PORT, KEEPALIVED_DIR,
-                                          MANIFEST_DIR, lb_node_paths, loaded_digest, status_file)
+                                          MANIFEST_DIR, loaded_digest, status_file, vip_holder_manifest)
 
 NODE_WAIT_SECONDS = 60
 # How long a node being removed keeps HAProxy after its Keepalived stopped: connections that
@@ -114,7 +114,7 @@ def stop_lb_node(host: Host, port: int, config) -> None:
     """The VIP's holder first (Keepalived leaves with its priority-0 advert; in BGP mode FRR withdraws
     the VIP and closes its sessions), then HAProxy, then the files."""
     bgp_mode = config.lb.type == "bgp"
-    remove_files(host, [bgp.MANIFEST if bgp_mode else f"{MANIFEST_DIR}/keepalived.yaml"])
+    remove_files(host, [vip_holder_manifest(config)])
     deadline = time.monotonic() + NODE_WAIT_SECONDS
     while bgp_vip_state(host) if bgp_mode else _loaded(host, {"keepalived": ""}).get("keepalived"):
         if time.monotonic() > deadline:
@@ -129,9 +129,7 @@ def stop_lb_node(host: Host, port: int, config) -> None:
             raise HostError(host.address, "stop HAProxy", f"port {port} still in use {NODE_WAIT_SECONDS} s after "
                             "HAProxy's static pod was removed", "check the node's kubelet, then re-run the update.")
         time.sleep(0.3)
-    remove_files(host, lb_node_paths(config) + LB_STATE_FILES)
-    if bgp_mode:
-        host.run(["rm", "-rf", "--", *FRR_FOLDERS], step="remove FRR's folders")
+    remove_lb_files(host, config)
 
 
 def _running_peers(ch) -> list[str] | None:

@@ -10,7 +10,6 @@ shared socket and configuration folders below.
 """
 from __future__ import annotations
 
-
 from netaddr import IPAddress
 
 from bmctl import release as releases
@@ -33,6 +32,8 @@ CONNECT_RETRY = 5  # seconds between attempts to (re)open a session (FRR's defau
 BFD = {"name": "bmctl-bfd", "receive": 200, "transmit": 200, "multiplier": 3}
 # MetalLB numbers its outbound route-map entries 1, 2, ... per peer; the VIP's entry comes after.
 ROUTE_MAP_SEQ = 1000
+
+
 def _peers(config: ClusterConfig) -> list[dict]:
     return [{"ip": p.ip, "asn": p.asn} for p in config.lb.bgpPeers]
 
@@ -45,9 +46,9 @@ def vip_lines(config: ClusterConfig) -> str:
 
 
 def frr_conf(config: ClusterConfig, node: Node) -> str:
-    return render("bgp/frr.conf.j2", cluster=config.name, node_ip=node.ip,
-                  hostname=f"bmctl-{node.ip}", peers=_peers(config),
-                  local_asn=config.lb.localASN, keepalive=KEEPALIVE, hold=HOLD, connect=CONNECT_RETRY, bfd=BFD, vip_lines=vip_lines(config))
+    return render("bgp/frr.conf.j2", cluster=config.name, node_ip=node.ip, hostname=f"bmctl-{node.ip}",
+                  peers=_peers(config), local_asn=config.lb.localASN, keepalive=KEEPALIVE, hold=HOLD,
+                  connect=CONNECT_RETRY, bfd=BFD, vip_lines=vip_lines(config))
 
 
 def health_script(config: ClusterConfig) -> str:

@@ -95,6 +95,15 @@ LB_NODE_PATHS = [f"{HAPROXY_DIR}/haproxy.cfg", CHECK_SCRIPT, f"{KEEPALIVED_DIR}/
                  f"{MANIFEST_DIR}/haproxy.yaml", f"{MANIFEST_DIR}/keepalived.yaml"]
 
 
+def vip_holder_manifest(config: ClusterConfig) -> str:
+    """The static pod that holds the VIP on an LB node (removed first when the node stops serving):
+    Keepalived's in layer 2, FRR's in BGP mode."""
+    if config.lb.type == "bgp":
+        from bmctl.render.bgp import MANIFEST
+        return MANIFEST
+    return f"{MANIFEST_DIR}/keepalived.yaml"
+
+
 def lb_node_paths(config: ClusterConfig) -> list[str]:
     """The paths lb_node_files writes on an LB node of this config, in its order."""
     if config.lb.type == "bgp":
@@ -121,9 +130,10 @@ def lb_node_files(config: ClusterConfig, node: Node, facts: NodeFacts) -> list[R
                          host_config_dir=HAPROXY_DIR, wrapper=haproxy_run, status_dir=STATUS_DIR)
     if config.lb.type == "bgp":  # the VIP goes to the routers over BGP (bmctl/render/bgp.py), no VRRP
         from bmctl.render.bgp import bgp_node_files
-        *boot, frr_pod = bgp_node_files(config, node)
-        return [RenderedFile(f"{HAPROXY_DIR}/haproxy.cfg", cfg), *boot,
-                RenderedFile(f"{MANIFEST_DIR}/haproxy.yaml", haproxy_pod, mode=0o600), frr_pod]
+        files = {f.path: f for f in (RenderedFile(f"{HAPROXY_DIR}/haproxy.cfg", cfg),
+                                     RenderedFile(f"{MANIFEST_DIR}/haproxy.yaml", haproxy_pod, mode=0o600),
+                                     *bgp_node_files(config, node))}
+        return [files[path] for path in lb_node_paths(config)]
     kconf = keepalived_conf(config, node, facts)
     script = check_script()
     kconf_path = f"{KEEPALIVED_DIR}/keepalived.conf"
