@@ -152,13 +152,17 @@ def test_dry_run_layout_and_plan(tmp_path):
     names = sorted(p.name for p in (out / "cluster").iterdir())
     assert names == ["00-metallb-namespace.yaml", "01-metallb-crds.yaml", "02-metallb-rbac.yaml",
                      "03-metallb-memberlist.yaml", "04-metallb-controller.yaml", "05-metallb-speaker.yaml",
-                     "06-metallb-pools.yaml", "kube-flannel.yaml", "kube-proxy-config.yaml"]
+                     "06-metallb-pools.yaml", "10-gateway-api-crds.yaml", "11-ingress-controller.yaml",
+                     "12-ingress-gateway.yaml", "kube-flannel.yaml", "kube-proxy-config.yaml"]
+    # the ingress's self-signed key is a secret: redacted in the dry run, and the file is 0600
+    gateway = out / "cluster" / "12-ingress-gateway.yaml"
+    assert "PRIVATE KEY" not in gateway.read_text() and gateway.stat().st_mode & 0o777 == 0o600
     for phase in ("Preflight", "Node provisioning", "Control-plane load balancer", "kubeadm", "Pod network",
-                  "MetalLB", "Verification"):
+                  "MetalLB", "Bundled ingress", "Verification"):
         assert phase in proc.stdout
     plan = json.loads((out / "plan.json").read_text())
     assert [p["phase"] for p in plan] == ["preflight", "provision", "control-plane-lb", "kubeadm",
-                                          "pod-network", "data-plane-lb", "verify"]
+                                          "pod-network", "data-plane-lb", "ingress", "verify"]
     # a second dry run of a smaller config leaves no stale files behind
     docs = base_docs()
     del docs[3]

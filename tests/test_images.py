@@ -127,19 +127,22 @@ def test_binaries_are_static(built):
 
 
 def test_web_names_pod_host_and_client(built, netns):
-    """The test web server answers with the pod and host names and the client's address."""
+    """The test web server answers with the pod and host names, the client's address, the Host header
+    and X-Forwarded-For."""
     curl = require_tool("curl")
     proc = subprocess.Popen(["ip", "netns", "exec", netns, str(binaries.binary("web")), "--port", "18081"],
                             env={**os.environ, "POD_NAME": "web-abc", "NODE_NAME": "lab-w1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         for _ in range(50):
-            got = subprocess.run(["ip", "netns", "exec", netns, curl, "-s", "http://127.0.0.1:18081/x"],
+            got = subprocess.run(["ip", "netns", "exec", netns, curl, "-s", "-H", "Host: a.test",
+                                  "-H", "X-Forwarded-For: 203.0.113.9", "http://127.0.0.1:18081/x"],
                                  capture_output=True, text=True)
             if got.returncode == 0:
                 break
             time.sleep(0.1)
-        assert re.fullmatch(r"pod=web-abc host=lab-w1 client=127\.0\.0\.1:\d+ method=GET path=/x\n", got.stdout), got
+        assert re.fullmatch(r"pod=web-abc host=lab-w1 client=127\.0\.0\.1:\d+ method=GET path=/x vhost=a\.test "
+                            r"xff=203\.0\.113\.9\n", got.stdout), got
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(5) == 0

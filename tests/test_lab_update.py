@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 import time
 
 import netaddr
 import pytest
 import yaml
 
-from lab.harness import NET, Kube, kill_at_random_points, metallb_objects, running_lab, wait_for
+from lab.harness import NET, Kube, LabConfig, RequestLoop, kill_at_random_points, metallb_objects, running_lab, wait_for
 
 PARTS = ("kubelet", "kubeadm", "crictl", "crane")
 LB_FILES = ("/etc/haproxy/haproxy.cfg", "/etc/keepalived/keepalived.conf", "/etc/keepalived/check_haproxy.sh",
@@ -32,30 +31,9 @@ def lab(tmp_path_factory):
         yield harness
 
 
-class Config:
-    """The lab config as documents; `write()` saves a variant for one update."""
-
-    def __init__(self, lab) -> None:
-        self.lab = lab
-        self.docs = list(yaml.safe_load_all(lab.config.read_text()))
-
-    @property
-    def lb(self) -> dict:
-        return self.docs[2]["spec"]["loadBalancer"]
-
-    def pool(self, name: str) -> dict:
-        return next(p for p in self.lb["addressPools"] if p["name"] == name)
-
-    def write(self, name: str = "lab.yaml"):
-        path = self.lab.workdir / "configs" / name
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(yaml.safe_dump_all(self.docs, sort_keys=False))
-        return path
-
-
 @pytest.fixture(scope="module")
 def cluster(lab):
-    config = Config(lab)
+    config = LabConfig(lab)
     spare = config.lb["nodePoolSpec"]["nodes"].pop()  # the third LB machine joins later, by an update
     path = config.write()
     proc = lab.bmctl("create", "cluster", config=path, timeout=900)
@@ -114,33 +92,9 @@ def speakers(kube) -> set[str]:
     return {p.status.host_ip for p in pods}
 
 
-class Client:
-    """Requests through the API VIP every 50 ms (a new TLS connection each, GET /readyz)."""
-
-    def __init__(self, lab) -> None:
-        self.lab = lab
-        self.ok = 0
-        self.failed: list[float] = []
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        start = time.monotonic()
-        while not self.stop.is_set():
-            t = time.monotonic()
-            if self.lab.request(path="/readyz", timeout=2) == "ok":
-                self.ok += 1
-            else:
-                self.failed.append(round(t - start, 2))
-            self.stop.wait(max(0.0, 0.05 - (time.monotonic() - t)))
-
-    def __enter__(self) -> "Client":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop.set()
-        self.thread.join()
+def api_client(lab) -> RequestLoop:
+    """GET /readyz through the API VIP every 50 ms, a new TLS connection each."""
+    return RequestLoop(lambda: None if lab.request(path="/readyz", timeout=2) == "ok" else "no ok from /readyz")
 
 
 def test_no_change_is_a_no_op(lab, cluster):
@@ -152,7 +106,7 @@ def test_no_change_is_a_no_op(lab, cluster):
 
 
 def test_forbidden_changes_are_refused_listing_each(lab, cluster):
-    config = Config(lab)
+    config = LabConfig(lab)
     config.docs = list(yaml.safe_load_all(cluster["path"].read_text()))
     lb = config.lb
     lb["vips"]["controlPlaneVIP"] = NET.ip(9)
@@ -202,7 +156,7 @@ def test_rolling_update_with_zero_failures_on_the_api_vip(lab, cluster):
     config.lb["nodePoolSpec"]["nodes"].append({"address": spare["address"]})
     dropped = config.docs[2]["spec"]["controlPlane"]["nodePoolSpec"]["nodes"].pop()
     path = config.write("rolling.yaml")
-    with Client(lab) as client:
+    with api_client(lab) as client:
         time.sleep(1)
         proc = update(lab, path, "--yes", timeout=900)
         time.sleep(1)
@@ -311,7 +265,7 @@ def test_removing_an_lb_node_stops_everything_on_it(lab, cluster):
     gone = next(n for n in config.lb["nodePoolSpec"]["nodes"] if n["address"] != holder)
     config.lb["nodePoolSpec"]["nodes"].remove(gone)
     node = lab.node(gone["address"])
-    with Client(lab) as client:
+    with api_client(lab) as client:
         proc = update(lab, config.write("remove.yaml"), "--yes")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert client.failed == [], client.failed

@@ -347,6 +347,20 @@ def test_run_annotates_applies_and_waits_idempotently(monkeypatch):
     assert kube.deleted == ["flannel-n1"]
 
 
+def test_a_crash_looping_flannel_on_a_node_annotated_late_is_restarted(monkeypatch):
+    """A node that joined after create (update loadbalancer adds an LB node): its flannel started
+    before the node had its IP annotation, found no default route and crash-loops with a growing
+    back-off. Annotating the node restarts it; a ready flannel elsewhere is left alone."""
+    config = make_config()
+    kube = FakeKube(config, ready=False)
+    for name in ("n0", "n1", "n2"):
+        kube.nodes[name].metadata.annotations[PUBLIC_IP_ANNOTATION] = kube.nodes[name].status.addresses[0].address
+    with pytest.raises(BmctlError):  # the fake's flannel never turns ready: the phase's wait fails
+        monkeypatch.setattr(phase_mod, "WAIT_SECONDS", 0.1)
+        run_phase(monkeypatch, config, kube)
+    assert kube.deleted == ["flannel-n3"]
+
+
 def test_run_refuses_nodes_on_two_segments(monkeypatch):
     docs = base_docs()
     docs[3]["spec"]["nodes"] = [{"address": "198.51.100.21"}]

@@ -15,7 +15,9 @@ from bmctl.errors import BmctlError
 from bmctl.output import err, out
 from bmctl.phases import Phase
 from bmctl.phases.dataplane_lb import DataPlaneLB, refuse_stranding
+from bmctl.phases.ingress import Ingress
 from bmctl.phases.kubeadm import Kubeadm
+from bmctl.phases.network import PodNetwork
 from bmctl.phases.provision import Provision
 from bmctl.phases.verify import Verify
 from bmctl.phases.drift import Drift, find_drift
@@ -28,8 +30,10 @@ from bmctl.workspace import Workspace
 def update_phases(ch: ConfigChanges) -> list[Phase]:
     phases: list[Phase] = [UpdatePreflight()]
     if ch.lb_added:
-        phases += [Provision(), Kubeadm()]
-    return phases + [RollingLB(), DataPlaneLB(), Verify()]
+        # a joined node needs the pod network too (its flannel reads the node's IP annotation): Traefik
+        # and every other pod on an LB node that is not hostNetwork runs on it
+        phases += [Provision(), Kubeadm(), PodNetwork()]
+    return phases + [RollingLB(), DataPlaneLB(), Ingress(), Verify()]
 
 
 def _read_applied(ws: Workspace, kube, dry_run: bool) -> tuple[str, str]:
@@ -67,7 +71,7 @@ def print_changes(ch: ConfigChanges, drift: list[Drift], source: str) -> None:
         for c in items:
             out.print(f"  [green]~[/] {escape(c.text)}")
     if drift:
-        out.print("[bold]Hand edits of bmctl-owned MetalLB objects (drift) to undo[/]")
+        out.print("[bold]Hand edits of bmctl-owned MetalLB and ingress objects (drift) to undo[/]")
         for d in drift:
             verb = {"apply": "restore", "delete": "delete", "strip": "remove fields from"}[d.action]
             out.print(f"  [yellow]![/] {escape(d.kind)} {escape(d.name)}: {escape(d.what)} -> {verb}")

@@ -23,6 +23,7 @@ GROUPS = {
     "lb-add": "Load-balancer nodes to add (joined if needed, labelled, speaker, Keepalived and HAProxy)",
     "backends": "Control-plane nodes in the HAProxy backends",
     "vrrp": "Keepalived settings",
+    "ingress": "Bundled ingress (Traefik on the ingress VIP)",
 }
 
 
@@ -140,6 +141,16 @@ def compare(applied: ClusterConfig, desired: ClusterConfig) -> ConfigChanges:
     if applied.advert_interval != desired.advert_interval:
         changes.append(Change("vrrp", (*LB, "vrrp", "advertInterval"),
                               f"advert interval {applied.advert_interval:g} s -> {desired.advert_interval:g} s"))
+
+    if applied.runs_ingress != desired.runs_ingress:
+        changes.append(Change("ingress", ("spec", "clusterNetwork", "bundledIngress"),
+                              "turn the bundled ingress on" if desired.runs_ingress else
+                              "turn the bundled ingress off (namespace bmctl-ingress deleted, the ingress VIP "
+                              "released; the Gateway API CRDs and your routes stay)"))
+    elif desired.runs_ingress and a_lb.ingress.tlsSecret != d_lb.ingress.tlsSecret:
+        changes.append(Change("ingress", (*LB, "ingress", "tlsSecret"),
+                              f"TLS Secret on port 443: {a_lb.ingress.tlsSecret or 'self-signed'} -> "
+                              f"{d_lb.ingress.tlsSecret or 'self-signed'}"))
 
     # Settings outside the load balancer are not this command's business: refuse rather than
     # record a config as applied when part of it was not.

@@ -72,9 +72,6 @@ FIELDS = [
            "or with your own CNI when clusterNetwork.cni is none)"),
           ("enableDataplaneV2", "Dataplane V2 (`enableDataplaneV2`)",
            "; set clusterNetwork.cni: none and install Cilium to get an eBPF dataplane"))),
-    GoogleField("Cluster", ("spec", "clusterNetwork", "bundledIngress"), IGNORE,
-                "asks for Google's bundled ingress; this bmctl deploys no ingress on the ingress VIP yet, so it is "
-                "ignored", "remove it, and install an ingress controller behind a LoadBalancer Service"),
     GoogleField("Cluster", ("spec", "clusterNetwork", "forwardMode"), REFUSE,
                 _unsupported("direct server return (`forwardMode: dsr`)"),
                 "remove forwardMode (bmctl forwards with SNAT)",

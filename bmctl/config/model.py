@@ -111,6 +111,8 @@ class ClusterNetwork(Strict):
     services: CIDRBlocks
     kubeProxyMode: Literal["iptables", "ipvs"] = "iptables"
     cni: Literal["flannel", "none"] = "flannel"  # bmctl-only: none = bring your own pod network
+    # Google's switch for the bundled ingress on the ingress VIP (on when ingressVIP is set)
+    bundledIngress: bool = True
 
 
 class Ports(Strict):
@@ -138,6 +140,14 @@ class VRRP(Strict):
     interface: Optional[str] = None
 
 
+class Ingress(Strict):
+    """bmctl's bundled ingress settings (not in Google's bmctl; optional)."""
+
+    # The TLS Secret (kubernetes.io/tls, in namespace bmctl-ingress) served on port 443. Unset: a
+    # self-signed certificate bmctl generates.
+    tlsSecret: Optional[str] = None
+
+
 class BGPPeer(Strict):
     ip: str
     asn: int
@@ -154,6 +164,7 @@ class LoadBalancer(Strict):
     vrrp: VRRP = VRRP()
     localASN: Optional[int] = None
     bgpPeers: list[BGPPeer] = []
+    ingress: Ingress = Ingress()
 
 
 class NodeAccess(Strict):
@@ -320,6 +331,13 @@ class ClusterConfig:
     def runs_metallb(self) -> bool:
         """Bundled mode deploys MetalLB, except on admin clusters (Google's rule: they run no Services)."""
         return self.bundled and self.spec.type != "admin"
+
+    @property
+    def runs_ingress(self) -> bool:
+        """The bundled ingress (bmctl/render/ingress.py): behind the ingress VIP, which MetalLB serves;
+        on unless clusterNetwork.bundledIngress is false."""
+        return (self.runs_metallb and self.lb.vips.ingressVIP is not None
+                and self.spec.clusterNetwork.bundledIngress)
 
     @property
     def virtual_router_id(self) -> int:

@@ -296,6 +296,21 @@ def _check_load_balancer(config: model.ClusterConfig) -> list[Finding]:
                            "use the name `ip link` shows (at most 15 letters, digits, '.', '_' or '-'), "
                            "or leave it out to use the interface that holds the node IP"))
 
+    tls = lb.ingress.tlsSecret
+    if tls is not None:
+        if not config.runs_ingress:
+            why = ("spec.clusterNetwork.bundledIngress is false" if not config.spec.clusterNetwork.bundledIngress
+                   else "admin clusters run no ingress" if config.spec.type == "admin"
+                   else "the load balancer is manual" if lb.mode == "manual" else "the cluster has no ingressVIP")
+            out.append(Finding(LB + ("ingress", "tlsSecret"), f"names the bundled ingress's TLS Secret, but bmctl "
+                               f"deploys no ingress on this cluster ({why})",
+                               "remove spec.loadBalancer.ingress, or set vips.ingressVIP (and leave bundledIngress "
+                               "on) to get the bundled ingress"))
+        elif not DNS_SUBDOMAIN.match(tls) or len(tls) > 253:
+            out.append(Finding(LB + ("ingress", "tlsSecret"), f"{tls!r} is not a Secret name",
+                               "write the name of a kubernetes.io/tls Secret in namespace bmctl-ingress: lower-case "
+                               "letters, digits, '-' and '.', starting and ending with a letter or digit"))
+
     if lb.mode == "manual":
         if lb.addressPools:
             out.append(Finding(LB + ("addressPools",), "manual load balancing takes no address pools",

@@ -12,6 +12,8 @@ live in bmctl/release/):
   frr-metrics: speaker/Dockerfile builds them from frr-tools/ with the same version ldflags);
 - crane v0.22.1 (image pushes, the lab's registry) and crictl v1.34.0;
 - the CNCF Distribution registry v3.1.2 (TLS + htpasswd auth, for bmctl's registry client tests);
+- Traefik v3.7.12, the bundled ingress controller (see TRAEFIK);
+- hey v0.1.4, the HTTP load generator benchmarks/ingress.py runs from the client namespace;
 - pause and web, our own programs (bmctl/lab/cmd/).
 
 Each group is one wrapper module and ONE `go build` of all its main packages (they share the
@@ -55,6 +57,19 @@ METALLB = "v0.15.2"
 CRANE = "v0.22.1"
 CRICTL = "v1.34.0"
 DISTRIBUTION = "v3.1.2"  # the newest github.com/distribution/distribution/v3 the Go module proxy serves
+# Traefik, the bundled ingress (bmctl/render/ingress.py). Its go.mod repeats, as a dependency's replace
+# and exclude lines do not carry over, what its own module needs to resolve: two Containous forks (the
+# go-http-auth fork at the version the proxy here serves; Traefik v3.7.12 names a newer pseudo-version
+# of it the proxy refuses, same API), the tencentcloud monorepo exclude, and its in-tree module
+# github.com/traefik/traefik/dynamic/ext (absent from the module zip: a nested module), whose two
+# extension points are empty structs in upstream's default build.
+TRAEFIK = "v3.7.12"
+TRAEFIK_CODENAME = "langres"
+TRAEFIK_EXT = {"go.mod": "module github.com/traefik/traefik/dynamic/ext\n\ngo 1.24\n",
+               "ext.go": "// Package ext: Traefik's dynamic configuration extension points, empty as in its\n"
+                         "// default build.\npackage ext\n\n// HTTP extends dynamic.HTTPConfiguration.\n"
+                         "type HTTP struct{}\n\n// Router extends dynamic.Router.\ntype Router struct{}\n"}
+HEY = "v0.1.4"
 OWN = "v1"  # pause and web: bump when their behaviour changes (a source change rebuilds anyway)
 PAUSE_TAG = "3.10.1"  # kubeadm 1.34's constants.PauseVersion: the tag our pause image carries
 
@@ -88,6 +103,11 @@ class Group:
     tags: str = ""
     staging: bool = False  # replace k8s.io/kubernetes's ./staging modules with their published versions
     own: bool = False  # our own module (bmctl/lab/cmd), no wrapper
+    replaces: tuple[tuple[str, str], ...] = ()      # (module, "other/module version" or "./dir")
+    excludes: tuple[str, ...] = ()                  # "module version"
+    local: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = ()  # (dir, ((file, text), ...)) in the wrapper
+    sums_of: str = ""  # a required module whose go.sum the wrapper starts from (the checksum database
+                       # here has no entry for some of its pinned dependencies; its go.sum has them)
 
 
 GROUPS = [
@@ -125,6 +145,17 @@ GROUPS = [
     Group("distribution", DISTRIBUTION, {"github.com/distribution/distribution/v3": DISTRIBUTION},
           {"registry": "github.com/distribution/distribution/v3/cmd/registry"},
           (_x("github.com/distribution/distribution/v3/version.version", DISTRIBUTION),)),
+    Group("traefik", TRAEFIK, {"github.com/traefik/traefik/v3": TRAEFIK},
+          {"traefik": "github.com/traefik/traefik/v3/cmd/traefik"},
+          (_x("github.com/traefik/traefik/v3/pkg/version.Version", TRAEFIK),
+           _x("github.com/traefik/traefik/v3/pkg/version.Codename", TRAEFIK_CODENAME)),
+          replaces=(("github.com/traefik/traefik/dynamic/ext", "./ext"),
+                    ("github.com/abbot/go-http-auth",
+                     "github.com/containous/go-http-auth v0.4.1-0.20200324110947-a37a7636d23e"),
+                    ("github.com/gorilla/mux", "github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59")),
+          excludes=("github.com/tencentcloud/tencentcloud-sdk-go v3.0.83+incompatible",),
+          local=(("ext", tuple(TRAEFIK_EXT.items())),), sums_of="github.com/traefik/traefik/v3"),
+    Group("hey", HEY, {"github.com/rakyll/hey": HEY}, {"hey": "github.com/rakyll/hey"}),  # no version variable
     Group("own", OWN, {}, {"pause": "bmctl.lab/cmd/pause", "web": "bmctl.lab/cmd/web"}, own=True),
 ]
 BY_BINARY = {b: g for g in GROUPS for b in g.binaries}
@@ -173,6 +204,7 @@ def stamp(group: Group, go_version: str | None = None) -> str:
     recipe = {"group": group.name, "version": group.version, "requires": group.requires,
               "binaries": group.binaries, "ldflags": group.ldflags, "cgo": group.cgo, "tags": group.tags,
               "staging": group.staging, "go": go_version or _go_version(),
+              "replaces": group.replaces, "excludes": group.excludes, "local": group.local, "sums": group.sums_of,
               "own": _own_sources_digest() if group.own else None}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -219,7 +251,16 @@ def _wrapper_module(group: Group, work: Path) -> Path:
     if group.staging:
         (work / "go.mod").write_text("\n".join(lines) + "\n")
         lines += [f"replace {m} => {m} {v}" for m, v in _staging_replaces(work, group.version).items()]
+    lines += [f"replace {m} => {target}" for m, target in group.replaces]
+    lines += [f"exclude {e}" for e in group.excludes]
+    for folder, files in group.local:
+        for name, text in files:
+            (work / folder).mkdir(parents=True, exist_ok=True)
+            (work / folder / name).write_text(text)
     lines += [f"tool {pkg}" for pkg in group.binaries.values()]
+    if group.sums_of:
+        shutil.copy(module_dir(group.sums_of, group.requires[group.sums_of]) / "go.sum", work / "go.sum")
+        (work / "go.sum").chmod(0o644)
     (work / "go.mod").write_text("\n".join(lines) + "\n")
     return work
 

@@ -555,6 +555,11 @@ def specs(deb: Debian) -> list[Image]:
               cmd=["/usr/lib/frr/docker-start"],
               source=f"Debian frr {deb.version('frr')}, frr-pythontools, python3.11 "
               f"{deb.version('python3.11-minimal')}, tini {deb.version('tini')}, bash, curl; {debian}"),
+        # upstream's image (docker-library/traefik, alpine) runs /entrypoint.sh -> traefik; the pod spec
+        # gives every argument and runs as 65532 with a read-only root, so the binary alone is enough
+        Image("traefik", binaries.TRAEFIK, [base, _bin("traefik", "usr/local/bin/traefik")],
+              entrypoint=["/usr/local/bin/traefik"], ports=["80/tcp"], source=f"github.com/traefik/traefik/v3 "
+              f"{binaries.TRAEFIK}"),
         Image("web", binaries.OWN, [base, _bin("web", "web")], entrypoint=["/web"], user="65532:65532",
               ports=["8080/tcp"], source="bmctl/lab/cmd/web"),
     ]
@@ -562,7 +567,7 @@ def specs(deb: Debian) -> list[Image]:
 
 IMAGE_NAMES = ("pause", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy", "coredns",
                "flannel", "flannel-cni-plugin", "metallb-controller", "metallb-speaker", "haproxy", "keepalived", "frr",
-               "web")
+               "traefik", "web")
 
 
 # -- OCI image layout ------------------------------------------------------------------------------

@@ -1,18 +1,19 @@
-"""Drift of the MetalLB objects bmctl owns: hand edits found by comparing the declared objects with
-the live ones, and the declared state restored. Users must never edit these objects by hand;
+"""Drift of the MetalLB and ingress objects bmctl owns: hand edits found by comparing the declared
+objects with the live ones, and the declared state restored. Users must never edit these objects by hand;
 `bmctl update loadbalancer` shows what was changed and puts it back."""
 from __future__ import annotations
 
 import base64
 from dataclasses import dataclass
 
-import yaml
 
 import bmctl.kube as kubeapi
 from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.model import ClusterConfig
 from bmctl.kube import Kube
 from bmctl.render import metallb_manifests
+from bmctl.render.engine import documents
+from bmctl.render.ingress import ingress_manifests
 from bmctl.render.metallb import NAMESPACE, address_pools
 from bmctl.secrets import ClusterSecrets
 
@@ -32,7 +33,8 @@ class Drift:
 
 
 def declared_objects(config: ClusterConfig, secrets: ClusterSecrets) -> list[dict]:
-    return [d for m in metallb_manifests(config, secrets) for d in yaml.safe_load_all(m.content) if d]
+    manifests = metallb_manifests(config, secrets) + ingress_manifests(config, secrets)
+    return [d for m in manifests for d in documents(m.content)]
 
 
 def _differs(want: object, live: object, path: str = "") -> str | None:
@@ -57,7 +59,11 @@ def _differs(want: object, live: object, path: str = "") -> str | None:
 
 
 def _live(kube: Kube, obj: dict) -> dict | None:
-    resource = kube.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+    try:
+        resource = kube.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    except ResourceNotFoundError:  # its CRD is not installed (yet): no such object
+        return None
     try:
         return resource.get(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace")).to_dict()
     except kubeapi.ApiException as exc:
@@ -78,6 +84,35 @@ def undeclared_drift(kube: Kube, config: ClusterConfig, secrets: ClusterSecrets)
     return _undeclared(kube, declared_objects(config, secrets))
 
 
+def _body(obj: dict) -> dict:
+    """What of a declared object is compared and restored: all but its identity, and its labels and
+    annotations."""
+    body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "stringData")}
+    body["metadata"] = {k: obj["metadata"][k] for k in ("labels", "annotations") if k in obj["metadata"]}
+    return body
+
+
+def changed_objects(kube: Kube, declared: list[dict]) -> list[tuple[dict, str]]:
+    """Declared objects (CRDs and Secrets aside) that exist with a declared field changed, e.g. an item
+    another field manager added to a list bmctl owns, which server-side apply keeps: (object, what)."""
+    out = []
+    for obj in declared:
+        if obj["kind"] in ("CustomResourceDefinition", "Secret"):
+            continue
+        live = _live(kube, obj)
+        where = _differs(_body(obj), live) if live is not None else None
+        if where:
+            out.append((obj, f"{where} changed"))
+    return out
+
+
+def put_back(kube: Kube, obj: dict) -> None:
+    """The declared object's fields, lists whole (a JSON merge patch replaces a list)."""
+    resource = kube.dynamic.resources.get(api_version=obj["apiVersion"], kind=obj["kind"])
+    resource.patch(name=obj["metadata"]["name"], namespace=obj["metadata"].get("namespace"), body=_body(obj),
+                   content_type="application/merge-patch+json")
+
+
 def _changed(kube: Kube, declared: list[dict]) -> list[Drift]:
     """Declared objects missing or with declared fields changed (re-applying them restores them)."""
     out: list[Drift] = []
@@ -96,9 +131,7 @@ def _changed(kube: Kube, declared: list[dict]) -> list[Drift]:
             if changed:
                 out.append(Drift(kind, name, f"data {', '.join(changed)} changed (value not shown)", "apply"))
             continue
-        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata", "stringData")}
-        body["metadata"] = {k: obj["metadata"][k] for k in ("labels", "annotations") if k in obj["metadata"]}
-        where = _differs(body, live)
+        where = _differs(_body(obj), live)
         if where:
             out.append(Drift(kind, name, f"{where} changed", "apply"))
     return out

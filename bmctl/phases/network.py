@@ -88,27 +88,33 @@ class PodNetwork(Phase):
             self._wait_nodes_ready(ctx, kube, nodes, byo=True)
             return
         check_one_segment(ctx)
-        self._annotate(kube, nodes)
+        annotated = self._annotate(kube, nodes)
         objs = flannel_objects(ctx.config)
         for obj in objs:
             kube.apply(obj)
         ctx.progress.note(f"applied flannel ({BACKEND}, Network {pod_network(ctx.config)}): {len(objs)} object(s)")
-        self._restart_misaddressed(ctx, kube, nodes)
+        self._restart_misaddressed(ctx, kube, nodes, annotated)
         self._wait_flannel(kube, nodes)
         self._wait_nodes_ready(ctx, kube, nodes, byo=False)
 
     @staticmethod
-    def _annotate(kube: Kube, nodes: dict[str, str]) -> None:
+    def _annotate(kube: Kube, nodes: dict[str, str]) -> set[str]:
+        """Annotate the nodes that lack their IP; returns their names."""
         core = kube.core()
+        done = set()
         for node in core.list_node().items:
             ip = nodes.get(node.metadata.name)
             if ip is not None and (node.metadata.annotations or {}).get(PUBLIC_IP_ANNOTATION) != ip:
                 core.patch_node(node.metadata.name, {"metadata": {"annotations": {PUBLIC_IP_ANNOTATION: ip}}})
+                done.add(node.metadata.name)
+        return done
 
     @staticmethod
-    def _restart_misaddressed(ctx: Context, kube: Kube, nodes: dict[str, str]) -> None:
+    def _restart_misaddressed(ctx: Context, kube: Kube, nodes: dict[str, str], annotated: set[str]) -> None:
         """flannel reads its node's IP annotation when it starts; a flannel that started before it was
-        set (a node that joined later) publishes another IP: restart it so that it picks the right one."""
+        set (a node that joined later) publishes another IP, or, on a node without a default route,
+        finds no interface and crash-loops with a growing back-off: restart it so that it picks the
+        right one at once."""
         core = kube.core()
         wrong = {n.metadata.name for n in core.list_node().items if n.metadata.name in nodes and
                  (n.metadata.annotations or {}).get(FLANNEL_PUBLIC_IP, nodes[n.metadata.name])
@@ -117,6 +123,10 @@ class PodNetwork(Phase):
             if pod.spec.node_name in wrong:
                 core.delete_namespaced_pod(pod.metadata.name, NAMESPACE)
                 ctx.progress.note(f"restarted flannel on {pod.spec.node_name}: it used another IP than the node's")
+            elif pod.spec.node_name in annotated and not _ready(pod):
+                core.delete_namespaced_pod(pod.metadata.name, NAMESPACE)
+                ctx.progress.note(f"restarted flannel on {pod.spec.node_name}: it started before the node's IP "
+                                  "annotation")
 
     @staticmethod
     def _wait_flannel(kube: Kube, nodes: dict[str, str]) -> None:

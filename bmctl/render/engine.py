@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
+import yaml
 
 
 def template_dir() -> Path:
@@ -84,3 +85,11 @@ class RenderedFile:
     content: str
     mode: int = 0o644
     secret: bool = False
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def documents(text: str) -> list[dict]:
+    """The YAML documents of a manifest (libyaml's parser where present: the Gateway API CRDs are 1 MB)."""
+    return [d for d in yaml.load_all(text, Loader=_LOADER) if d]

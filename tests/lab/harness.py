@@ -382,6 +382,62 @@ def kill_at_random_points(start, rng, longest: float, count: int = 20, earliest:
     return kills
 
 
+class RequestLoop:
+    """`once()` every `interval` seconds in a thread while the block runs: `ok` counts the calls that
+    returned None, `failed` holds (seconds since start, why) of the others."""
+
+    def __init__(self, once, interval: float = 0.05) -> None:
+        import threading
+        self.once = once
+        self.interval = interval
+        self.ok = 0
+        self.failed: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self.stop.is_set():
+            t = time.monotonic()
+            why = self.once()
+            if why is None:
+                self.ok += 1
+            else:
+                self.failed.append((round(t - start, 2), why))
+            self.stop.wait(max(0.0, self.interval - (time.monotonic() - t)))
+
+    def __enter__(self) -> "RequestLoop":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class LabConfig:
+    """The lab config as documents; `write(name)` saves a variant (for one update) under configs/."""
+
+    def __init__(self, lab: "LabHarness") -> None:
+        import yaml
+        self.lab = lab
+        self.docs = list(yaml.safe_load_all(lab.config.read_text()))
+
+    @property
+    def lb(self) -> dict:
+        return self.docs[2]["spec"]["loadBalancer"]
+
+    def pool(self, name: str) -> dict:
+        return next(p for p in self.lb["addressPools"] if p["name"] == name)
+
+    def write(self, name: str = "lab.yaml") -> Path:
+        import yaml
+        path = self.lab.workdir / "configs" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(yaml.safe_dump_all(self.docs, sort_keys=False))
+        return path
+
+
 def write_variant(lab: "LabHarness", mutate, name: str) -> Path:
     """A copy of the lab's config, changed by `mutate(docs)`, next to it as `name`."""
     import yaml

@@ -2,7 +2,10 @@
 // client address it saw, so a test can tell which backend answered and whether the client's
 // IP was kept (externalTrafficPolicy: Local) or replaced (SNAT):
 //
-//	pod=web-5d9c-abcde host=lab-w1 client=198.51.100.2:40312 method=GET path=/
+//	pod=web-5d9c-abcde host=lab-w1 client=198.51.100.2:40312 method=GET path=/ vhost=a.test xff=198.51.100.2
+//
+// vhost is the request's Host header and xff its X-Forwarded-For (- when absent): behind an ingress
+// the client is the proxy, and xff says whether the client's own address reached the backend.
 //
 // Port: --port N, else $PORT, else 8080. The pod name comes from $POD_NAME (set it with the
 // downward API), the host from $NODE_NAME, else os.Hostname. /healthz answers "ok".
@@ -35,7 +38,12 @@ func main() {
 	http.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprintf(w, "pod=%s host=%s client=%s method=%s path=%s\n", pod, host, r.RemoteAddr, r.Method, r.URL.Path)
+		xff := r.Header.Get("X-Forwarded-For")
+		if xff == "" {
+			xff = "-"
+		}
+		fmt.Fprintf(w, "pod=%s host=%s client=%s method=%s path=%s vhost=%s xff=%s\n", pod, host, r.RemoteAddr,
+			r.Method, r.URL.Path, r.Host, xff)
 	})
 	go func() { // stop at once on SIGTERM/SIGINT (PID 1 of a container gets no default handler)
 		stop := make(chan os.Signal, 1)
