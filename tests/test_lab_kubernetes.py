@@ -224,7 +224,7 @@ def test_reset_leaves_nothing(lab, cluster):
 # The phase each kill aims at (1 preflight, 2 provision, 3 control-plane LB, 4 kubeadm, 5 pod network,
 # 6 MetalLB, 7 verify): kubeadm and MetalLB the most, as the first phases are killed 20 times in
 # test_lab_controlplane.py.
-KILL_PHASES = [3, 4, 4, 5, 6, 6]
+KILL_PHASES = [3, 4, 4, 5, 6, 6, 7]
 
 
 def phase_seconds(stdout: str) -> dict[int, float]:
@@ -255,18 +255,19 @@ class Watched:
 
 @pytest.mark.timeout(2400)
 def test_create_killed_at_random_points_converges(lab, cluster):
-    """After the reset above, `create cluster` SIGKILLed 6 times at random moments, each within a
-    chosen phase (kubeadm init and joins and MetalLB twice each, the control-plane LB and the pod
-    network once; the first phases are killed 20 times in test_lab_controlplane.py), each time run again; the final run leaves what the
-    first, uninterrupted create left: every file bmctl manages on every node (content and mode, no
-    temp file, kubeadm recorded as done), and the MetalLB objects, lbnode labels, node list and
-    recorded config in the API."""
+    """After the reset above, `create cluster` SIGKILLed 7 times at random moments, each within a
+    chosen phase (kubeadm init and joins and MetalLB twice each, the control-plane LB, the pod
+    network and the ingress once; the first phases are killed 20 times in test_lab_controlplane.py),
+    each time run again; the final run leaves what the first, uninterrupted create left: every file
+    bmctl manages on every node (content and mode, no temp file, kubeadm recorded as done), and the
+    MetalLB objects, Traefik, its Service and Gateway, lbnode labels, node list and recorded config in
+    the API."""
     import os
     import random
     import signal
     reference = lab.reference_state
     durations = phase_seconds(cluster[0].stdout)
-    assert len(durations) == 7, cluster[0].stdout
+    assert len(durations) == 8, cluster[0].stdout
     rng = random.Random(7)
     kills: list[tuple[int, float]] = []
     finished = 0
@@ -336,8 +337,15 @@ def managed_state(lab) -> dict:
         for n in core.list_node().items:
             state[("node", n.metadata.name)] = (n.metadata.labels or {}).get("baremetal.cluster.gke.io/lbnode")
         for d in [*apps.list_namespaced_daemon_set("metallb-system").items,
-                  *apps.list_namespaced_deployment("metallb-system").items]:
+                  *apps.list_namespaced_deployment("metallb-system").items,
+                  *apps.list_namespaced_daemon_set("bmctl-ingress").items]:
             state[("workload", d.metadata.name)] = [(c.image, c.args) for c in d.spec.template.spec.containers]
+        svc = core.read_namespaced_service("traefik", "bmctl-ingress")
+        state["ingress"] = (svc.spec.external_traffic_policy, dict(svc.metadata.annotations or {}),
+                            [i.ip for i in svc.status.load_balancer.ingress or []])
+        gw = client.CustomObjectsApi(api).get_namespaced_custom_object(
+            "gateway.networking.k8s.io", "v1", "bmctl-ingress", "gateways", "bmctl-ingress")
+        state["gateway"] = (gw["spec"], {c["type"]: c["status"] for c in gw["status"]["conditions"]})
         secret = core.read_namespaced_secret("memberlist", "metallb-system")
         state["memberlist"] = hashlib.sha256(repr(sorted(secret.data.items())).encode()).hexdigest()
         state["applied"] = core.read_namespaced_config_map("bmctl-applied-config", "kube-system").data["config.yaml"]

@@ -53,3 +53,58 @@ def test_on_this_machine_the_pick_collides_with_nothing():
     net = pick(used=used)
     assert net.segment in CANDIDATES and net.pods in CANDIDATES and net.segment != net.pods
     assert not collisions(net.segment, used) and not collisions(net.pods, used)
+
+
+FENCE_CHECK = """
+import errno, json, socket, subprocess, sys
+from pathlib import Path
+from bmctl.lab.lab import Lab
+lab = Lab(Path(sys.argv[1]))
+state = lab.up(1, 0, 0, host_address=False, real_nodes=False)
+def unreachable():
+    out = subprocess.run(["ip", "-j", "route", "show", "type", "unreachable"], capture_output=True, text=True,
+                         check=True).stdout
+    return sorted(r["dst"] for r in json.loads(out or "[]"))
+try:
+    net = Lab.net_of(state)
+    sock = socket.socket()
+    sock.settimeout(5)
+    try:
+        sock.connect((net.node_ip(0), 22))
+        refused = None
+    except OSError as exc:
+        refused = errno.errorcode.get(exc.errno, str(exc.errno))
+    up = {"fences": unreachable(), "segment": net.segment, "pods": net.pods, "connect": refused}
+finally:
+    lab.down()
+print(json.dumps({**up, "after_down": unreachable()}))
+"""
+
+
+def test_without_a_host_address_this_machine_cannot_send_to_the_lab(tmp_path):
+    """`bmctl lab up --no-host-address` (what the tests use): the lab's segment and pod network are
+    unreachable routes here, so a command run outside the lab's namespaces fails at once instead of
+    sending lab traffic out of this machine's default route; `lab down` removes them. Run in a
+    network namespace of its own (`unshare --net`) with a default route, as this machine has one."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import require
+    from lab.harness import lab_prerequisites
+    missing = lab_prerequisites(real_nodes=False)
+    require(not missing, f"lab prerequisites: {', '.join(missing)}")
+    script = ("ip link set lo up && ip link add dummy0 type veth peer name dummy1 && ip link set dummy0 up && "
+              "ip addr add 10.255.255.1/24 dev dummy0 && ip route add default via 10.255.255.254 && "
+              f'exec "{sys.executable}" -c "$0" "$1"')
+    proc = subprocess.run(["unshare", "--net", "--", "sh", "-c", script, FENCE_CHECK, str(tmp_path / "lab-state")],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                                           os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["fences"] == sorted([got["segment"], got["pods"]])
+    assert got["connect"] == "EHOSTUNREACH", got
+    assert got["after_down"] == []

@@ -274,7 +274,7 @@ def test_push_images_then_a_cluster_through_a_tls_registry_with_credentials(lab,
         lab_registry.stop(lab.state["pids"]["registry"])
         proc = lab.bmctl("create", "cluster", "--force", config=variant, timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        assert "Phase 6/6: Verification" in proc.stdout  # --force: no preflight
+        assert "Phase 7/7: Verification" in proc.stdout  # --force: no preflight (the ingress phase is in)
         ip, _ = start_web_service(lab, Kube(lab))  # its image, too, comes through the TLS registry
         assert wait_for(lambda: http_get(lab, ip), 90, "the LoadBalancer Service to answer", 0.5)
         logs = "".join(p.read_text(errors="replace") for p in (lab.workspace / "lab" / "log").rglob("*") if p.is_file())

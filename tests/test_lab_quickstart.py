@@ -1,6 +1,6 @@
 """The README's quickstart, as a newcomer runs it: `bmctl lab up` then `bmctl lab demo` from this
 machine (which joins the lab's bridge), a LoadBalancer Service answering a plain HTTP request from
-here, and `bmctl lab down` leaving nothing behind. (One control-plane node: the default six-node
+here, directly and through the bundled ingress, and `bmctl lab down` leaving nothing behind. (One control-plane node: the default six-node
 lab is what test_lab_kubernetes.py runs.)"""
 from __future__ import annotations
 
@@ -30,11 +30,18 @@ def test_lab_up_then_demo_gives_a_service_answering_here(tmp_path):
         assert "Lab up: 1 nodes on" in up.stdout
         demo = bmctl(workspace, "lab", "demo")
         assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert "Phase 7/7: Verification" in demo.stdout
+        assert "Phase 8/8: Verification" in demo.stdout  # the bundled ingress is on: its phase is in
         m = re.search(r"answers on http://([0-9.]+)/", demo.stdout)
         assert m, demo.stdout
         with urllib.request.urlopen(f"http://{m.group(1)}/", timeout=5) as resp:  # from this machine
             assert resp.status == 200 and "pod=web-" in resp.read().decode()
+        # the same pods through the bundled ingress (an HTTPRoute), from this machine too
+        m = re.search(r"answers through the ingress on http://([0-9.]+)/", demo.stdout)
+        assert m, demo.stdout
+        request = urllib.request.Request(f"http://{m.group(1)}/", headers={"Host": "web.lab.test"})
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            body = resp.read().decode()
+            assert resp.status == 200 and "pod=web-" in body and "vhost=web.lab.test" in body
         status = bmctl(workspace, "lab", "status")
         assert status.returncode == 0 and "active" in status.stdout, status.stdout + status.stderr
     finally:

@@ -65,6 +65,7 @@ def status(workspace: Path | None) -> None:
 
 
 DEMO_NAMESPACE = "bmctl-demo"
+DEMO_HOST = "web.lab.test"   # the demo's HTTPRoute on the bundled ingress
 
 
 def demo(workspace: Path | None, concurrency: int) -> None:
@@ -76,7 +77,9 @@ def demo(workspace: Path | None, concurrency: int) -> None:
     import yaml
 
     from bmctl.commands.cluster import create_cluster
+    from bmctl.config import load_config
     from bmctl.kube import Kube, wait
+    from bmctl.render.ingress import GATEWAY, NAMESPACE as INGRESS_NAMESPACE
 
     lab = _lab(workspace)
     state = lab.load()
@@ -117,5 +120,25 @@ def demo(workspace: Path | None, concurrency: int) -> None:
     body = wait(f"the web pods to answer on http://{ip}/", answer, 120)
     out.print(f"Service bmctl-demo/web (type LoadBalancer) answers on http://{ip}/ after "
               f"{time.monotonic() - start:.1f} s: {body}", markup=False)
-    out.print(f"Try: curl http://{ip}/ ; kubectl --kubeconfig {ws.kubeconfig_path} -n {DEMO_NAMESPACE} get pods,svc",
-              markup=False)
+    try_ingress = ""
+    config = load_config(Path(state["config"]))
+    if config.runs_ingress:  # the same pods through the bundled ingress: an HTTPRoute on the ingress VIP
+        vip = config.lb.vips.ingressVIP
+        kube.apply({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "web", "namespace": DEMO_NAMESPACE},
+                    "spec": {"parentRefs": [{"name": GATEWAY, "namespace": INGRESS_NAMESPACE}],
+                             "hostnames": [DEMO_HOST], "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}})
+
+        def through_ingress():
+            request = urllib.request.Request(f"http://{vip}/", headers={"Host": DEMO_HOST})
+            try:
+                with urllib.request.urlopen(request, timeout=2) as resp:
+                    return resp.read().decode(errors="replace").strip()
+            except OSError:
+                return None
+        body = wait(f"HTTPRoute bmctl-demo/web to answer on http://{vip}/ (Host {DEMO_HOST})", through_ingress, 60)
+        out.print(f"HTTPRoute bmctl-demo/web (host {DEMO_HOST}) answers through the ingress on http://{vip}/: {body}",
+                  markup=False)
+        try_ingress = f"curl -H 'Host: {DEMO_HOST}' http://{vip}/ ; "
+    out.print(f"Try: curl http://{ip}/ ; {try_ingress}kubectl --kubeconfig {ws.kubeconfig_path} -n {DEMO_NAMESPACE} "
+              "get pods,svc,httproutes", markup=False)

@@ -190,6 +190,15 @@ class Lab:
             self._router_links(state, net)
         else:
             self._attach(br, state["client_ns"], "client", net.client_ip, net.prefix)
+        # This machine reaches the lab only through its own address on the bridge, if it has one:
+        # every other lab address is unreachable from here, so that a command run outside the lab's
+        # namespaces fails at once instead of sending lab traffic out of this machine's default route.
+        fence = [net.pods] + ([] if host_address else [net.segment])
+        state["host_fences"] = []
+        for cidr in fence:
+            if sh("ip", "route", "add", "unreachable", cidr, check=False).returncode == 0:
+                state["host_fences"].append(cidr)
+        self.save(state)
         if host_address:
             state["host_veth"] = f"bl{state['id']}"
             self.save(state)
@@ -502,6 +511,8 @@ class Lab:
                 sh("ip", "netns", "del", ns, check=False)
         if state.get("host_veth"):
             sh("ip", "link", "del", state["host_veth"], check=False)
+        for cidr in state.get("host_fences", []):
+            sh("ip", "route", "del", "unreachable", cidr, check=False)
         if state.get("registered"):
             with _registry() as reg:
                 reg["labs"] = [i for i in reg["labs"] if i != state["id"]]
