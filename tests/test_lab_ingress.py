@@ -280,18 +280,60 @@ def ingress_client(lab) -> RequestLoop:
     return RequestLoop(once)
 
 
+class Moves:
+    """The client's ARP entry for the ingress VIP every 50 ms while the block runs: when the
+    announcing node changed, in seconds of `clock`'s (a RequestLoop) time."""
+
+    def __init__(self, lab, clock: RequestLoop) -> None:
+        import threading
+        self.lab, self.clock = lab, clock
+        self.changes: list[tuple[float, str]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _mac(self) -> str | None:
+        out = subprocess.run(["ip", "-n", self.lab.client_ns, "neigh", "show", VIP], capture_output=True,
+                             text=True).stdout
+        return out.split("lladdr")[1].split()[0] if "lladdr" in out else None
+
+    def _run(self) -> None:
+        last = self.first
+        while not self.stop.wait(0.05):
+            mac = self._mac()
+            if mac and mac != last:
+                self.changes.append((round(time.monotonic() - self.clock.started, 2), mac))
+                last = mac
+
+    def __enter__(self) -> "Moves":
+        get(self.lab, "a.example.test", "/a")  # a fresh ARP entry to start from
+        self.first = self._mac()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
 def test_lb_nodes_added_and_removed_without_a_failed_request(lab, cluster, routes):
     """The spare machine joins as an LB node (its Traefik starts there), then the node announcing
-    the ingress VIP leaves: every request through the VIP meanwhile is answered by the backend."""
+    the ingress VIP leaves, with a client on the VIP every 50 ms (a new connection each). Every
+    request is answered by the backend, except that a connection in flight at the very moment the
+    announcement moves to another node is reset: the client's next packets reach the new node, which
+    knows no such connection. That is layer 2's failover itself (the client's ARP entry moves all of
+    the VIP's packets at once); a move happens when the announcing node leaves, and when a new node
+    wins MetalLB's election (the lowest sha256 of node name and IP: in this lab, the spare n4). So:
+    no failure away from a move, at most one per move."""
     kube = routes
     config = cluster["config"]
     spare = cluster["spare"]
-    with ingress_client(lab) as client:
+    with ingress_client(lab) as client, Moves(lab, client) as moves:
         config.lb["nodePoolSpec"]["nodes"].append({"address": spare["address"]})
         proc = lab.bmctl("update", "loadbalancer", "--yes", config=config.write("add.yaml"), timeout=900)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert traefik_nodes(lab, kube) == dict.fromkeys(
             {node_name(lab, kube, n["address"]) for n in lab.lb_nodes()}, True)
+        time.sleep(2)
         leaving = announcer(lab, VIP)
         config.lb["nodePoolSpec"]["nodes"] = [n for n in config.lb["nodePoolSpec"]["nodes"]
                                               if n["address"] != leaving["address"]]
@@ -299,8 +341,11 @@ def test_lb_nodes_added_and_removed_without_a_failed_request(lab, cluster, route
         assert proc.returncode == 0, proc.stdout + proc.stderr
         time.sleep(2)
     print(f"ingress VIP during the LB node changes: {client.ok} requests ok, {len(client.failed)} failed "
-          f"{client.failed[:5]}")
-    assert client.ok > 100 and client.failed == [], client.failed
+          f"{client.failed[:5]}; announcement moves at {moves.changes}")
+    assert client.ok > 100 and len(moves.changes) >= 1  # the announcing node left: it moved at least then
+    for at, why in client.failed:
+        assert "reset" in why.lower() and any(abs(at - m) <= 1.5 for m, _ in moves.changes), (at, why, moves.changes)
+    assert len(client.failed) <= len(moves.changes), (client.failed, moves.changes)
     left = node_name(lab, kube, leaving["address"])
     assert left not in traefik_nodes(lab, kube)
     assert announcer(lab, VIP)["address"] != leaving["address"]

@@ -394,9 +394,10 @@ class RequestLoop:
         self.failed: list[tuple[float, str]] = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.monotonic()
 
     def _run(self) -> None:
-        start = time.monotonic()
+        start = self.started = time.monotonic()
         while not self.stop.is_set():
             t = time.monotonic()
             why = self.once()
