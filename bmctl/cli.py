@@ -163,6 +163,17 @@ def bundle_build(kubernetes: str = typer.Option(..., "--kubernetes", help="Kuber
     bundle_cmd.build(kubernetes, output, source.value, release_file, mirror)
 
 
+@bundle_app.command("fetch-manifests")
+def bundle_fetch_manifests(release_file: Optional[Path] = typer.Option(None, "--release", help="A release file "
+                                                                       "(default: bmctl's own).")) -> None:
+    """Fetch the upstream manifests the release pins (MetalLB's, flannel's, Gateway API's CRDs) into
+    ~/.cache/bmctl/upstream: from the Go module cache, else the Go module proxy (GOPROXY), each checked
+    against its pinned sha256. `bmctl bundle build` puts them into the bundle itself."""
+    from bmctl.commands import bundle as bundle_cmd
+
+    bundle_cmd.fetch_manifests(release_file)
+
+
 push_app = typer.Typer(help="Push images into a registry.", no_args_is_help=True)
 app.add_typer(push_app, name="push")
 

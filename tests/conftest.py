@@ -13,6 +13,29 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((REPO / "cluster-examples").glob("*.yaml"))
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
+# Modules that use the lab's builds (binaries, images): they run after every other module, and each
+# first waits for the build lock, so `./quickstart test` can build in the background while the
+# tests that need no build run (a fresh machine's builds take most of its run).
+NEEDS_BUILD = ("test_lab_", "test_images.py", "test_bundle_build.py", "test_oci.py")
+
+
+def _needs_build(item) -> bool:
+    return item.path.name.startswith(NEEDS_BUILD)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items[:] = [i for i in items if not _needs_build(i)] + [i for i in items if _needs_build(i)]
+
+
+_waited: list[bool] = []
+
+
+def pytest_runtest_setup(item):
+    if _needs_build(item) and not _waited:
+        from bmctl.lab import binaries
+        with binaries.build_lock():  # a build under way (e.g. in the background) finishes first
+            _waited.append(True)
+
 
 def require(condition: bool, what: str) -> None:
     """Skip when a prerequisite is missing on a developer machine; fail under CI=true."""
@@ -88,11 +111,24 @@ def write_config(tmp_path):
     return _write
 
 
-def upstream_file(module: str, version: str, path: str, sha256: str) -> Path:
-    """An upstream project's own file, as its Go module (which the lab's build downloads with the
-    ordinary Go client) holds it, checked against the sha256 recorded in tests/data/upstream/. Not
-    committed here: copies of upstream files stay out of this repository."""
-    import hashlib
+def pinned_texts(name: str) -> list[str]:
+    """The files of an upstream manifest bmctl's release pins (`manifests:`), read as bmctl reads
+    them (bmctl/release/upstream.py: cache, Go module cache, module proxy) and checked against their
+    sha256. Skipped on a developer machine that has none of them (failed under CI=true)."""
+    from bmctl import release as releases
+    from bmctl.errors import BmctlError
+    from bmctl.release import upstream
+
+    try:
+        return upstream.texts(releases.default(), name)
+    except BmctlError as exc:
+        require(False, f"the upstream manifest {name}: {exc.message}")
+        raise
+
+
+def go_module_dir(module: str, version: str) -> Path:
+    """A Go module's folder in the Go module cache, downloaded by the ordinary Go client (as the lab's
+    build does) if it is not there yet."""
     import json
     import subprocess
 
@@ -101,7 +137,16 @@ def upstream_file(module: str, version: str, path: str, sha256: str) -> Path:
     proc = subprocess.run([go, "mod", "download", "-json", f"{module}@{version}"], capture_output=True, text=True,
                           env={**os.environ, "GOFLAGS": "-mod=mod", "GOTOOLCHAIN": "local"}, timeout=600)
     require(proc.returncode == 0, f"the Go module {module}@{version}: {proc.stderr.strip()[-300:]}")
-    found = Path(json.loads(proc.stdout)["Dir"]) / path
+    return Path(json.loads(proc.stdout)["Dir"])
+
+
+def upstream_file(module: str, version: str, path: str, sha256: str) -> Path:
+    """An upstream project's own file, as its Go module (which the lab's build downloads with the
+    ordinary Go client) holds it, checked against the sha256 recorded in tests/data/upstream/. Not
+    committed here: copies of upstream files stay out of this repository."""
+    import hashlib
+
+    found = go_module_dir(module, version) / path
     digest = hashlib.sha256(found.read_bytes()).hexdigest()
     assert digest == sha256, f"{module}@{version} {path}: sha256 {digest}, recorded {sha256}"
     return found

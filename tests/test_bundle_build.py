@@ -9,6 +9,8 @@ cri-tools), `HEX  FILE` (containerd, CNI plugins) or a list of such lines (runc)
 holds the lab's pause image under every name:tag of the release (haproxy: a two-platform Docker
 manifest list), under one path per upstream host (registry.k8s.io/..., docker.io/...), and
 `registry_for` points every host there. Needs the crane and pause binaries (python -m bmctl.lab.binaries).
+The upstream manifests the release pins come from the Go module cache (the Go client downloads their
+modules first), with GOPROXY=off and an empty bmctl cache: the build itself asks no module proxy.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -32,9 +35,9 @@ from bmctl.commands import bundle as bundle_cmd
 from bmctl.commands import images as images_cmd
 from bmctl.errors import BmctlError
 from bmctl.lab import binaries, images
-from bmctl.release import build, load, oci
-from bmctl.release.bundle import Bundle
-from conftest import require
+from bmctl.release import build, load, oci, upstream as upstream_files
+from bmctl.release.bundle import MANIFESTS, Bundle
+from conftest import go_module_dir, require
 from lab.registries import docker_image, start_crane_registry, stop_crane_registry
 
 RELEASE = load(None)  # bmctl's own: the URLs and references the test serves
@@ -222,6 +225,14 @@ def changed(upstream):
             path.write_bytes(data)
 
 
+@pytest.fixture(autouse=True)
+def manifests_from_the_module_cache(monkeypatch, tmp_path):
+    for manifest in RELEASE.all_manifests():
+        go_module_dir(manifest.module, manifest.version)
+    monkeypatch.setenv("GOPROXY", "off")
+    monkeypatch.setenv("BMCTL_UPSTREAM_CACHE", str(tmp_path / "upstream-cache"))
+
+
 def build_with(upstream, tmp_path: Path, output: Path | None = None, **kw) -> tuple[Path, list[str]]:
     server, registry = upstream
     lines: list[str] = []
@@ -261,6 +272,14 @@ def test_full_build_verifies_and_pushes(upstream, tmp_path):
     # every image pinned by the digest pulled (haproxy: its linux/amd64 manifest, not the list)
     assert bundle.release.images == {n: f"{r}@{registry.digests[r]}" for n, r in RELEASE.images.items()}
     assert {p.name for p in bundle.release.binaries.values()} == set(RELEASE.binaries)
+    # every upstream manifest the release pins, as its Go module has it, and the pins in the bundle's release
+    assert bundle.release.manifests == RELEASE.manifests
+    members = {upstream_files.member(m, f): f.sha256 for m in RELEASE.all_manifests() for f in m.files}
+    assert sorted(n for n in bundle.members if n.startswith(MANIFESTS)) == sorted(members)
+    for name, digest in members.items():
+        with bundle.open_member(name) as f:
+            assert sha256(f.read()) == digest, name
+    assert any(line.startswith("  gateway-api: sigs.k8s.io/gateway-api v1.6.1, 11 file(s)") for line in lines), lines
     assert set(registry.hosts) == {"registry.k8s.io", "ghcr.io", "quay.io", "docker.io"}
     # --mirror: every url and checksumUrl of the release fetched as MIRROR/HOST/PATH, each with a progress line
     assert sorted(server.requested) == sorted("/" + url_path(u) for p in RELEASE.binaries.values()
@@ -286,6 +305,33 @@ def test_full_build_verifies_and_pushes(upstream, tmp_path):
     assert took < 30, took
 
 
+def test_the_bundle_carries_the_pinned_manifests(tmp_path, monkeypatch):
+    """Without the HTTP server and registry (stand-ins for the node software and the images): the
+    build puts every upstream manifest the release pins into the bundle, from the Go module cache
+    (GOPROXY=off), and its release names every pin; the bundle then serves them to a render."""
+    def no_images(release, layout, registry_for=None, say=print):
+        layout.mkdir(parents=True)
+        return {name: f"{ref}@sha256:{'0' * 64}" for name, ref in release.images.items()}
+
+    monkeypatch.setattr(build, "fetch_software", lambda *a, **kw: {})
+    monkeypatch.setattr(build, "pull_images", no_images)
+    output, lines = build_with((SimpleNamespace(mirror=None), SimpleNamespace(registry_for=None)), tmp_path)
+    bundle = Bundle.open(output)
+    bundle.verify()
+    assert bundle.release.manifests == RELEASE.manifests
+    for manifest in RELEASE.all_manifests():
+        for file in manifest.files:
+            with bundle.open_member(upstream_files.member(manifest, file)) as f:
+                assert sha256(f.read()) == file.sha256
+        assert any(line.startswith(f"  {manifest.name}: {manifest.module} {manifest.version}") for line in lines)
+    # read back from the bundle alone: an empty cache, no Go module cache, no proxy
+    assert (tmp_path / "upstream-cache" / "sigs.k8s.io").is_dir()  # the build kept them in bmctl's cache
+    monkeypatch.setenv("GOMODCACHE", str(tmp_path / "no-modcache"))
+    monkeypatch.setenv("BMCTL_UPSTREAM_CACHE", str(tmp_path / "empty-cache"))
+    crds = upstream_files.texts(bundle.release, "gateway-api", output)
+    assert len(crds) == 11 and not (tmp_path / "empty-cache").exists()
+
+
 def test_cli_build_prints_the_bundle(upstream, tmp_path, monkeypatch, capsys):
     """bmctl bundle build --kubernetes v1.34.2 --mirror URL: ./bmctl-bundle-v1.34.2-linux-amd64.tar, the
     images from oci.pull's own default registries (pointed at the test registry here)."""
@@ -302,7 +348,8 @@ def test_cli_build_prints_the_bundle(upstream, tmp_path, monkeypatch, capsys):
         assert f"{ref}@{registry.digests[ref]}" in printed, name
     for part in RELEASE.binaries.values():
         assert any(line.split()[:2] == [part.name, part.version] for line in printed.splitlines()), part.name
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    # nothing else in the working folder (the test's bmctl cache for upstream files lives there too)
+    assert [p.name for p in tmp_path.iterdir() if p.name != "upstream-cache"] == [path.name]
     with pytest.raises(BmctlError, match="--from 'usb' is not a bundle source"):
         bundle_cmd.build(VERSION, None, "usb", None, None)
     with pytest.raises(BmctlError, match="--release and --mirror are for --from official"):

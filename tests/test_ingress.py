@@ -9,28 +9,19 @@ import stat
 import pytest
 import yaml
 
-from bmctl.config import load_config
+from bmctl import release as releases
+from bmctl.config import load_config, parse_config
 from bmctl.config.changes import compare
-from bmctl.render.engine import documents, template_dir
+from bmctl.render.engine import documents
 from bmctl.render.ingress import (CRDS, DEFAULT_TLS_SECRET, GATEWAY_API_VERSION, PING_PORT, WEB_PORT, WEBSECURE_PORT,
                                   ingress_manifests)
+from bmctl.render.ingress import crds_text as ingress_crds
 from bmctl.secrets import INGRESS_CERT_NAME, ClusterSecrets, load_or_create
-from conftest import base_docs, dump, upstream_file
+from conftest import base_docs, dump, pinned_texts, upstream_file
 
-# sha256 of each file of gateway-api v1.6.1 config/crd/standard/ (the module sigs.k8s.io/gateway-api)
-UPSTREAM_CRDS = {
-    "gateway.networking.k8s.io_gatewayclasses.yaml": "53710048ba26f8620eed59d5e51b157ecf040daf5c6eef31a4b991e0808c4be5",
-    "gateway.networking.k8s.io_gateways.yaml": "25b885f5870b8fff1ae82efa2628b2761cef3745900c2aecf8fb76629a01255a",
-    "gateway.networking.k8s.io_grpcroutes.yaml": "53a8d029da8f07e55d3fa58a5cf6de5950dab19fbb8d6a8082fb5e51ca5ef6fc",
-    "gateway.networking.k8s.io_httproutes.yaml": "a424a0d6c953b162e71d1d97bb7e75012d8f1ac264e7274f2763d1b96ab39852",
-    "gateway.networking.k8s.io_referencegrants.yaml": "8c645e9333cfa67790cc2a53e0c00076f88b2bd4230d2b49688c78bc34f9b2c3",
-    "gateway.networking.k8s.io_backendtlspolicies.yaml": "0d48c9e4b53dd9510cf615b9b1192d9d7afb07a1cc0498c9515627cb1c075419",
-    "gateway.networking.k8s.io_listenersets.yaml": "bf4d4b02564999b2558b96e31465129895db9b3a8adfb90adb9c80eac52a3a70",
-    "gateway.networking.k8s.io_tcproutes.yaml": "d5104d0cf30e924f5e3c9e2e76abd46876401c34ca33b9e79321523eee78c7f6",
-    "gateway.networking.k8s.io_tlsroutes.yaml": "bb8b67926e5d9652cbfd2e19063b7c1d9e78806c9dd671608f57baef2f2e3bbb",
-    "gateway.networking.k8s.io_udproutes.yaml": "4b80684c2bf8ef4b0a2a3ab45164ac9f96258fc69912645ff50ced595b0aa6de",
-    "gateway.networking.k8s.io_vap_safeupgrades.yaml": "afb0ea1b3cc2e9344d93b0926fbe741aeb48ab4439f9f7b4b77b9ac94faf6c2e",
-}
+# config/crd/kustomization.yaml of Gateway API v1.6.1 (the module sigs.k8s.io/gateway-api): the list of
+# the standard channel's files, which bmctl's release pins (manifests: gateway-api)
+KUSTOMIZATION_SHA256 = "b57265c13827641629f689a70b917b1851e26963051d6748c7cc7f529e4f6d90"
 
 
 def _parts(text: str) -> dict[str, str]:
@@ -46,14 +37,20 @@ def _parts(text: str) -> dict[str, str]:
     return {name: "".join(lines).removesuffix("---\n") for name, lines in parts.items()}
 
 
-def test_gateway_api_crds_are_upstreams_standard_channel_verbatim():
-    parts = _parts((template_dir() / CRDS).read_text())
-    assert list(parts) == list(UPSTREAM_CRDS)  # kustomization.yaml's order
-    for name, sha in UPSTREAM_CRDS.items():
-        upstream = upstream_file("sigs.k8s.io/gateway-api", GATEWAY_API_VERSION, f"config/crd/standard/{name}",
-                                 sha).read_text()
-        assert parts[name] == upstream if upstream.endswith("\n") else upstream + "\n", name
-    for doc in documents((template_dir() / CRDS).read_text()):
+def test_gateway_api_crds_are_upstreams_standard_channel_unchanged():
+    """The release pins the files upstream's kustomization lists, in its order; the CRD file bmctl
+    applies is those files as upstream has them, each after a line naming it."""
+    pin = releases.default().manifest(CRDS)
+    assert (pin.module, pin.version) == ("sigs.k8s.io/gateway-api", GATEWAY_API_VERSION)
+    kustomization = yaml.safe_load(upstream_file(pin.module, pin.version, "config/crd/kustomization.yaml",
+                                                 KUSTOMIZATION_SHA256).read_text())["resources"]
+    assert [f.path for f in pin.files] == [f"config/crd/{name}" for name in kustomization]
+    text = ingress_crds(parse_config(dump(base_docs()), "t.yaml"))
+    parts = _parts(text)
+    assert list(parts) == [name.removeprefix("standard/") for name in kustomization]
+    for part, upstream in zip(parts.values(), pinned_texts(CRDS), strict=True):
+        assert part == (upstream if upstream.endswith("\n") else upstream + "\n")
+    for doc in documents(text):
         assert doc["metadata"]["annotations"]["gateway.networking.k8s.io/channel"] == "standard"
         assert doc["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"] == GATEWAY_API_VERSION
 

@@ -4,7 +4,9 @@ Each LB node's FRR static pod peers with the router (BGP and BFD) and announces 
 its HAProxy answers; MetalLB (FRR mode, driving that same FRR) adds the Services' IPs. The router
 installs each with one next hop per LB node (ECMP) and spreads new connections over them; cutting
 an LB node's link takes its next hop away (BFD) while the API and the Service keep answering; a
-hung HAProxy withdraws the VIP from its node only; reset closes the sessions."""
+hung HAProxy withdraws the VIP from its node only; LB nodes cut and restored in turn (a pulled cable,
+`ip link set eth0 down`) fail no connection once the router lists them again, since each node learns
+its way back to the clients from its peer; reset closes the sessions."""
 from __future__ import annotations
 
 import collections
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bmctl.lab import router
+from lab.faults import STEADY_WITHIN, alternating_faults
 from lab.harness import Kube, http_get, running_lab, start_web_service, wait_for, write_variant
 
 
@@ -48,6 +51,7 @@ def lb_addresses(lab) -> set[str]:
 
 def test_create_checks_the_peers_and_the_routed_pools(lab, created):
     assert "BGP peers reachable" not in created.stdout or "fail" not in created.stdout
+    assert "sends this node no route" not in created.stdout  # the lab's router sends a default route
     out = " ".join(lab.bmctl("check", "preflight", "-o", "json").stdout.split())
     assert '"check": "BGP peers reachable"' in out and '"check": "VIPs and pools routed"' in out
 
@@ -250,6 +254,67 @@ def test_cutting_an_lb_node_takes_its_next_hop_away_and_the_service_answers(lab,
         lab.set_link(victim, True)
     wait_for(lambda: set(router.routes(lab.state, f"{service}/32")) == lb_addresses(lab), 60,
              "the node's next hop back")
+
+
+def test_an_lb_node_without_its_configured_route_answers_through_the_route_its_peer_sends(lab, service):
+    """Each LB node installs the routes its peers send (the lab's router sends a default route), so
+    a node whose own routes towards the clients are gone still answers them, through the route that
+    came with its session. Without it, the replies of every connection hashed to this node are lost
+    (the node knows only its own /25)."""
+    net = lab.lab.net_of(lab.state)
+    victim = next(n for n in lab.nodes if n["role"] == "load-balancer")
+    learned = wait_for(lambda: [r for r in json.loads(subprocess.run(
+        ["ip", "-n", victim["netns"], "-j", "route", "show", "default"], capture_output=True, text=True).stdout or "[]")
+        if r.get("protocol") == "bgp" and r.get("gateway") == net.router_ip], 30,
+        "the default route from the router in the LB node's kernel")
+    assert learned, learned
+    subprocess.run(["ip", "-n", victim["netns"], "route", "del", net.routed_cidr], check=True)
+    try:
+        seen = collections.Counter()
+        failed = 0
+        for _ in range(200):
+            body = http_get(lab, service, timeout=2)
+            m = re.search(r"client=([0-9.]+):", body or "")
+            if m:
+                seen[m.group(1)] += 1
+            else:
+                failed += 1
+        api_failed = sum(lab.request(vip=vip(lab), path="/readyz", timeout=2) != "ok" for _ in range(50))
+    finally:
+        subprocess.run(["ip", "-n", victim["netns"], "route", "replace", net.routed_cidr, "via", net.router_ip],
+                       check=True)
+    print(f"node without its configured route: {dict(seen)}, service failed {failed}, API failed {api_failed}")
+    assert failed == 0 and api_failed == 0
+    assert seen[victim["address"]] >= 40, seen  # the victim took its share
+
+
+def test_alternating_faults_fail_no_connection_after_a_restore(lab, service):
+    """LB node A loses its link and gets it back, then B, then A with the other fault, ... (FAULTS:
+    a pulled cable and `ip link set eth0 down`, each on both nodes). Clients behind the router open
+    a new connection to the API VIP and to the Service IP every 50 ms throughout. Each cut costs only
+    the connections hashed to the cut node until BFD takes its next hop away (under 1 s); from the
+    moment the router lists a restored node again, not one new connection fails: the node came back
+    with its way to the clients (its routes, and the default route its peer sends) and announced
+    nothing before its routing table was whole again (flannel's routes come back every 10 s after
+    `ip link set eth0 up`). Connections in flight when the router adds the node's next hop may be
+    reset (its ECMP hash moves some of them); they are counted, not failed."""
+    out = alternating_faults(lab, service, vip(lab))
+    rounds = out["rounds"]
+    for r in rounds:
+        print(f"{r['node']} {r['fault']}: " + ", ".join(
+            f"{name}: withdrawn {r[f'{name}_withdrawn_s']} s, steady {r[f'{name}_steady_s']} s, back in ECMP "
+            f"{r[f'{name}_back_s']} s after the restore ({r[f'{name}_rehash_resets']} in flight reset), "
+            f"{r[f'{name}_failed_after_back']} failed after" for name in ("api", "service")))
+    print(f"connections: {out['count']}, failed: {len(out['failures'])}")
+    for name, t, why in sorted(out["failures"], key=lambda f: f[1]):
+        print(f"  {name} failed at {t - rounds[0]['cut']:.2f} s: {why}")
+    assert not out["stray"], f"failures away from a cut and from a rehash: {out['stray'][:10]}"
+    for r in rounds:
+        for name in ("api", "service"):
+            assert r[f"{name}_failed_after_back"] == 0, r
+            assert r[f"{name}_steady_s"] < STEADY_WITHIN, r
+    assert {r["fault"] for r in rounds} == {"carrier", "admin"}
+    assert min(out["count"].values()) > 200
 
 
 def test_reset_closes_the_sessions_and_withdraws_every_route(lab, service):

@@ -2,11 +2,13 @@
 routes (a machine's own network can itself be one, e.g. eth0 192.0.2.2/24 with the gateway .1)."""
 from __future__ import annotations
 
+import os
+
 import netaddr
 import pytest
 
 from bmctl.errors import BmctlError
-from bmctl.lab.net import CANDIDATES, collisions, host_networks, pick
+from bmctl.lab.net import CANDIDATES, collisions, fence, host_networks, needed, pick
 
 
 def nets(*cidrs: str) -> list[netaddr.IPNetwork]:
@@ -74,7 +76,11 @@ try:
         refused = None
     except OSError as exc:
         refused = errno.errorcode.get(exc.errno, str(exc.errno))
-    up = {"fences": unreachable(), "segment": net.segment, "pods": net.pods, "connect": refused}
+    def route(address):
+        out = subprocess.run(["ip", "-j", "route", "get", address], capture_output=True, text=True).stdout
+        return (json.loads(out or "[{}]") or [{}])[0].get("gateway")
+    up = {"fences": unreachable(), "segment": net.segment, "pods": net.pods, "connect": refused,
+          "kept": {a: route(a) for a in sys.argv[2:]}, "unfenced": state["kept"]}
 finally:
     lab.down()
 print(json.dumps({**up, "after_down": unreachable()}))
@@ -85,7 +91,9 @@ def test_without_a_host_address_this_machine_cannot_send_to_the_lab(tmp_path):
     """`bmctl lab up --no-host-address` (what the tests use): the lab's segment and pod network are
     unreachable routes here, so a command run outside the lab's namespaces fails at once instead of
     sending lab traffic out of this machine's default route; `lab down` removes them. Run in a
-    network namespace of its own (`unshare --net`) with a default route, as this machine has one."""
+    network namespace of its own (`unshare --net`) with a default route, as this machine has one.
+    The addresses this machine itself uses (here: proxies in the environment) stay reachable: the
+    lab takes the range without one for its segment and leaves them out of the fence."""
     import json
     import os
     import subprocess
@@ -98,13 +106,41 @@ def test_without_a_host_address_this_machine_cannot_send_to_the_lab(tmp_path):
     require(not missing, f"lab prerequisites: {', '.join(missing)}")
     script = ("ip link set lo up && ip link add dummy0 type veth peer name dummy1 && ip link set dummy0 up && "
               "ip addr add 10.255.255.1/24 dev dummy0 && ip route add default via 10.255.255.254 && "
-              f'exec "{sys.executable}" -c "$0" "$1"')
-    proc = subprocess.run(["unshare", "--net", "--", "sh", "-c", script, FENCE_CHECK, str(tmp_path / "lab-state")],
+              f'exec "{sys.executable}" -c "$0" "$@"')
+    # Proxies in the environment at addresses the lab would otherwise fence (nothing is sent to them:
+    # `ip route get` only asks the kernel which way they go).
+    proxies = {"https_proxy": "http://198.51.100.77:3128", "GOPROXY": "http://203.0.113.80:8081,direct"}
+    proc = subprocess.run(["unshare", "--net", "--", "sh", "-c", script, FENCE_CHECK, str(tmp_path / "lab-state"),
+                           "198.51.100.77", "203.0.113.80"],
                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                                           os.environ.get("PYTHONPATH", "")])})
+                          env={**os.environ, **proxies,
+                               "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                             os.environ.get("PYTHONPATH", "")])})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["fences"] == sorted([got["segment"], got["pods"]])
+    # the segment the one range without a proxy in it; the pod network fenced but for its proxy
+    assert (got["segment"], got["pods"]) == ("192.0.2.0/24", "198.51.100.0/24"), got
+    fenced = netaddr.IPSet(got["fences"])
+    assert fenced == netaddr.IPSet([got["segment"], got["pods"]]) - netaddr.IPSet(["198.51.100.77/32"]), got
+    assert got["kept"] == {"198.51.100.77": "10.255.255.254", "203.0.113.80": "10.255.255.254"}, got
+    assert got["unfenced"]["198.51.100.77"] == "$https_proxy", got
     assert got["connect"] == "EHOSTUNREACH", got
     assert got["after_down"] == []
+
+
+def test_this_machines_dns_proxies_and_package_hosts_are_kept(tmp_path, monkeypatch):
+    env = {"HTTPS_PROXY": "http://user:secret@203.0.113.9:3128/", "GOPROXY": "https://192.0.2.44/mod|direct",
+           "no_proxy": "198.51.100.1"}
+    kept = needed(env)
+    assert kept["203.0.113.9"] == "$HTTPS_PROXY" and kept["192.0.2.44"] == "$GOPROXY"
+    assert "198.51.100.1" not in kept  # no_proxy names what is not proxied
+    for line in open("/etc/resolv.conf").read().splitlines() if os.path.exists("/etc/resolv.conf") else []:
+        if line.startswith("nameserver") and netaddr.valid_ipv4(line.split()[1]):
+            assert line.split()[1] in kept
+    # pick: the segment goes to the range without a kept address
+    net = pick(used=nets("192.0.2.0/24"), keep={"203.0.113.9": "$HTTPS_PROXY"})
+    assert (net.segment, net.pods) == ("198.51.100.0/24", "203.0.113.0/24")
+    assert pick(used=[], keep={"192.0.2.5": "x"}).segment == "198.51.100.0/24"
+    pieces = netaddr.IPSet(fence("203.0.113.0/24", {"203.0.113.9": "x", "192.0.2.1": "y"}))
+    assert pieces == netaddr.IPSet(["203.0.113.0/24"]) - netaddr.IPSet(["203.0.113.9/32"])
+    assert fence("198.51.100.0/24", {}) == ["198.51.100.0/24"]

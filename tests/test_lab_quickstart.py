@@ -1,51 +1,72 @@
-"""The README's quickstart, as a newcomer runs it: `bmctl lab up` then `bmctl lab demo` from this
-machine (which joins the lab's bridge), a LoadBalancer Service answering a plain HTTP request from
-here, directly and through the bundled ingress, and `bmctl lab down` leaving nothing behind. (One control-plane node: the default six-node
-lab is what test_lab_kubernetes.py runs.)"""
+"""The README's first command, as a newcomer runs it: `./quickstart` sets everything up (Debian
+packages, the virtualenv, the lab's builds: all cached here, so it checks and moves on), brings up
+the lab with this machine on its bridge, creates its cluster and shows a LoadBalancer Service and an
+HTTPRoute answering; both answer a plain HTTP request from here. A second `./quickstart` keeps the
+lab and the cluster and answers again. `bmctl lab down` then leaves nothing behind. (One node: the
+default six-node lab is what test_lab_kubernetes.py runs.)"""
 from __future__ import annotations
 
 import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 from lab.harness import lab_prerequisites
 from conftest import require
 
-
-def bmctl(workspace, *args, timeout=900):
-    return subprocess.run([sys.executable, "-m", "bmctl", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "BMCTL_WORKSPACE": str(workspace), "COLUMNS": "200"})
+REPO = Path(__file__).resolve().parent.parent
 
 
-def test_lab_up_then_demo_gives_a_service_answering_here(tmp_path):
+def quickstart(workspace: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BMCTL_WORKSPACE": str(workspace), "COLUMNS": "200",
+           "QUICKSTART_LAB_FLAGS": "--control-planes 1 --lb-nodes 0 --workers 0",
+           "BMCTL_VENV": str(Path(sys.executable).parent.parent)}  # the virtualenv running these tests
+    return subprocess.run([str(REPO / "quickstart")], capture_output=True, text=True, timeout=1500, env=env,
+                          stdin=subprocess.DEVNULL)
+
+
+def answers(out: str) -> tuple[str, str]:
+    """The Service's and the ingress's URLs the demo printed, each checked from this machine."""
+    service = re.search(r"answers on (http://[0-9.]+/)", out)
+    ingress = re.search(r"answers through the ingress on (http://[0-9.]+/)", out)
+    assert service and ingress, out
+    with urllib.request.urlopen(service.group(1), timeout=5) as resp:
+        assert resp.status == 200 and "pod=web-" in resp.read().decode()
+    request = urllib.request.Request(ingress.group(1), headers={"Host": "web.lab.test"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        body = resp.read().decode()
+        assert resp.status == 200 and "pod=web-" in body and "vhost=web.lab.test" in body
+    return service.group(1), ingress.group(1)
+
+
+def test_quickstart_gives_a_service_and_an_httproute_answering_here_and_runs_again(tmp_path):
     missing = lab_prerequisites(real_nodes=True)
     require(not missing, f"lab prerequisites: {', '.join(missing)}")
     workspace = tmp_path / "bmctl-workspace"
     links_before = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n")
-    up = bmctl(workspace, "lab", "up", "--control-planes", "1", "--lb-nodes", "0", "--workers", "0")
     try:
-        assert up.returncode == 0, up.stdout + up.stderr
-        assert "Lab up: 1 nodes on" in up.stdout
-        demo = bmctl(workspace, "lab", "demo")
-        assert demo.returncode == 0, demo.stdout + demo.stderr
-        assert "Phase 8/8: Verification" in demo.stdout  # the bundled ingress is on: its phase is in
-        m = re.search(r"answers on http://([0-9.]+)/", demo.stdout)
-        assert m, demo.stdout
-        with urllib.request.urlopen(f"http://{m.group(1)}/", timeout=5) as resp:  # from this machine
-            assert resp.status == 200 and "pod=web-" in resp.read().decode()
-        # the same pods through the bundled ingress (an HTTPRoute), from this machine too
-        m = re.search(r"answers through the ingress on http://([0-9.]+)/", demo.stdout)
-        assert m, demo.stdout
-        request = urllib.request.Request(f"http://{m.group(1)}/", headers={"Host": "web.lab.test"})
-        with urllib.request.urlopen(request, timeout=5) as resp:
-            body = resp.read().decode()
-            assert resp.status == 200 and "pod=web-" in body and "vhost=web.lab.test" in body
-        status = bmctl(workspace, "lab", "status")
+        first = quickstart(workspace)
+        assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
+        out = first.stdout
+        assert "Lab up: 1 nodes on" in out and "Phase 8/8: Verification" in out, out[-4000:]
+        urls = answers(out)
+        assert f"--kubeconfig {workspace}/lab/lab-kubeconfig get nodes,pods -A" in out and "bmctl lab down" in out
+        start = time.monotonic()
+        second = quickstart(workspace)
+        took = time.monotonic() - start
+        assert second.returncode == 0, second.stdout[-4000:] + second.stderr[-4000:]
+        assert "Lab already up" in second.stdout and "installing" not in second.stdout
+        assert answers(second.stdout) == urls  # the same cluster, the same addresses
+        print(f"second ./quickstart: {took:.0f} s")
+        status = subprocess.run([sys.executable, "-m", "bmctl", "lab", "status"], capture_output=True, text=True,
+                                env={**os.environ, "BMCTL_WORKSPACE": str(workspace), "COLUMNS": "200"})
         assert status.returncode == 0 and "active" in status.stdout, status.stdout + status.stderr
     finally:
-        down = bmctl(workspace, "lab", "down")
+        down = subprocess.run([sys.executable, "-m", "bmctl", "lab", "down"], capture_output=True, text=True,
+                              env={**os.environ, "BMCTL_WORKSPACE": str(workspace)})
     assert down.returncode == 0, down.stdout + down.stderr
     assert not (workspace / "lab" / "lab-state").exists()
     assert subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout.count("\n") == links_before

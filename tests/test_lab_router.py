@@ -186,6 +186,40 @@ def test_a_rebooted_node_gets_its_route_via_the_router_back(lab, state):
     assert ping(state["client_ns"], node["address"])
 
 
+def _routes(netns: str) -> dict[str, tuple[str | None, bool]]:
+    """destination -> (gateway, linkdown)."""
+    return {r["dst"]: (r.get("gateway"), "linkdown" in r.get("flags", [])) for r in ip_json(netns, "route", "show")}
+
+
+def test_a_pulled_cable_keeps_the_routes_and_an_interface_brought_up_gets_them_back(lab, state):
+    """The lab's two link faults behave as on a real machine. Carrier loss (the bridge's side of the
+    veth down): the node keeps its routes, marked linkdown, and uses them again when the carrier
+    returns. `ip link set eth0 down` on the node: every route through eth0 goes; `up`: the node's
+    network configuration (as systemd-networkd or ifupdown) puts the configured route back."""
+    node = state["nodes"][1]
+    ns, port = node["netns"], node["name"]
+    configured = {f"{NET.ip(0)}/25": (None, False), f"{NET.ip(128)}/25": (NET.ip(126), False)}
+    assert _routes(ns) == configured
+    subprocess.run(["ip", "-n", state["bridge_ns"], "link", "set", port, "down"], check=True)
+    try:
+        assert until(lambda: all(down for _, down in _routes(ns).values()), 5) is not None, _routes(ns)
+        assert {d: gw for d, (gw, _) in _routes(ns).items()} == {d: gw for d, (gw, _) in configured.items()}
+        assert not ping(state["client_ns"], node["address"], timeout=0.5)
+    finally:
+        subprocess.run(["ip", "-n", state["bridge_ns"], "link", "set", port, "up"], check=True)
+    assert until(lambda: _routes(ns) == configured, 5) is not None, _routes(ns)
+    assert until(lambda: ping(state["client_ns"], node["address"], timeout=0.2), 5) is not None
+    subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "down"], check=True)
+    try:
+        assert until(lambda: _routes(ns) == {}, 5) is not None, _routes(ns)
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "set", "eth0", "up"], check=True)
+    took = until(lambda: _routes(ns) == configured, 5)
+    assert took is not None, f"the configured route did not come back: {_routes(ns)}"
+    print(f"configured route back {took:.2f} s after `ip link set eth0 up`")
+    assert until(lambda: ping(state["client_ns"], node["address"], timeout=0.2), 5) is not None
+
+
 def test_the_routed_layout():
     """Without a router nothing changes; with one, the node segment is split in two (net.py)."""
     plain = LabNet(**{"segment": "198.51.100.0/24", "pods": "203.0.113.0/24"})  # a state saved before --router

@@ -1,12 +1,13 @@
 """bmctl's MetalLB objects are upstream's metallb-native.yaml of the deployed version, field for field,
 but for the deviations listed (each with its reason) in bmctl/render/metallb.py DEVIATIONS.
 
-Upstream's file is read from MetalLB's Go module (go.universe.tf/metallb, which the lab's build
-downloads with the Go module proxy) and checked against the sha256 recorded in
-tests/data/upstream/metallb-native-v0.15.2.yaml.source (source, tag, commit and licence). The diff walks both sides: mappings key by key, lists of named items (containers, env,
-ports, volumes, CRD versions...) by name as Kubernetes merges them, lists of scalars (args) item by
-item, other lists by position. Every difference must be explained by a deviation, and every
-deviation must explain at least one difference.
+Upstream's file is pinned by bmctl's release (`manifests:` metallb-native and metallb-frr: module
+go.universe.tf/metallb, version, path, sha256; tests/data/upstream/metallb-native-v0.15.2.yaml.source
+records source, tag, commit and licence) and read as bmctl reads it (bmctl/release/upstream.py: from
+MetalLB's Go module, which the lab's build downloads with the Go client). The diff walks both sides:
+mappings key by key, lists of named items (containers, env, ports, volumes, CRD versions...) by name
+as Kubernetes merges them, lists of scalars (args) item by item, other lists by position. Every
+difference must be explained by a deviation, and every deviation must explain at least one difference.
 """
 from __future__ import annotations
 
@@ -27,19 +28,18 @@ from bmctl.host import Result
 from bmctl.phases import dataplane_lb
 from bmctl import release as releases
 from bmctl.render import metallb_manifests
-from bmctl.render.engine import template_dir
 from bmctl.render.metallb import (DEVIATIONS, FILES, KEPT, NAMESPACE, UPSTREAM, UPSTREAM_VERSION, Deviation,
-                                  with_deviations)
+                                  _upstream, with_deviations)
 from bmctl.secrets import ClusterSecrets
-from conftest import base_docs, dump, upstream_file
+from conftest import base_docs, dump, pinned_texts, upstream_file
 
 SOURCE_NOTE = Path(__file__).parent / "data" / "upstream" / f"metallb-native-{UPSTREAM_VERSION}.yaml.source"
-UPSTREAM_SHA256 = "a1b04c376fb39c93265f551fe23716a3ae6e09b790edb3bf257d3fc784c35a18"
+PINS = {mode: releases.default().manifest(name) for mode, name in UPSTREAM.items()}
+UPSTREAM_SHA256 = PINS["native"].files[0].sha256
 
 
-def upstream_text() -> str:
-    return upstream_file("go.universe.tf/metallb", UPSTREAM_VERSION, "config/manifests/metallb-native.yaml",
-                         UPSTREAM_SHA256).read_text()
+def upstream_text(mode: str = "native") -> str:
+    return pinned_texts(UPSTREAM[mode])[0]
 MISSING = object()
 # Digest-pinned references, as a release pins them (bmctl's own release names upstream's tags).
 PINNED = {"metallb-controller": "registry.example/metallb/controller:v1@sha256:" + "1" * 64,
@@ -169,10 +169,14 @@ def test_upstream_file_is_recorded_with_its_source():
         assert fact in note
 
 
-def test_shipped_copy_is_upstream_verbatim():
-    """bmctl renders from its own copy (inside the wheel): the same bytes below the header."""
-    body = lambda text: text[text.index("\napiVersion:"):]  # noqa: E731
-    assert body((template_dir() / UPSTREAM).read_text()) == "\n" + upstream_text()
+def test_bmctl_renders_from_the_pinned_upstream_files():
+    """No copy in bmctl: the release pins MetalLB's own files (module, version, path, sha256) and the
+    render parses them as bmctl/release/upstream.py reads them."""
+    for mode, pin in PINS.items():
+        path = f"config/manifests/metallb-{mode}.yaml"
+        assert (pin.module, pin.version, [f.path for f in pin.files]) == ("go.universe.tf/metallb", UPSTREAM_VERSION,
+                                                                          [path])
+        assert list(_upstream(mode)) == load(upstream_text(mode))
 
 
 def test_rendered_objects_equal_upstream_but_for_the_deviations(pinned_images):
@@ -181,21 +185,15 @@ def test_rendered_objects_equal_upstream_but_for_the_deviations(pinned_images):
     assert unused == [], "deviations that no longer change anything"
 
 
-FRR_SHA256 = "64cae8e2bb5a7e7cb3d8d27894c6ae6db3d677e7b8504f88b2f0dea67d0b89d5"
-
-
 def upstream_frr() -> list[dict]:
-    return load(upstream_file("go.universe.tf/metallb", UPSTREAM_VERSION, "config/manifests/metallb-frr.yaml",
-                              FRR_SHA256).read_text())
+    return load(upstream_text("frr"))
 
 
 def test_bgp_mode_renders_upstream_frr_manifest_but_for_the_deviations(pinned_images):
     """type: bgp deploys MetalLB's metallb-frr.yaml (same version), changed only as deviations("frr")
     says: no frr container (the LB nodes' FRR static pod instead), images from the release, the
     reloader wrapped to keep each node's router-id."""
-    from bmctl.render.metallb import UPSTREAM_FRR, deviations
-    assert (template_dir() / UPSTREAM_FRR).read_text() == upstream_file(
-        "go.universe.tf/metallb", UPSTREAM_VERSION, "config/manifests/metallb-frr.yaml", FRR_SHA256).read_text()
+    from bmctl.render.metallb import deviations
     docs = base_docs()
     docs[2]["spec"]["loadBalancer"].update(type="bgp", localASN=64513, bgpPeers=[{"ip": "203.0.113.1", "asn": 64512}])
     docs[2]["spec"]["loadBalancer"]["vips"]["controlPlaneVIP"] = "198.51.100.200"

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import REPO, base_docs, dump, require_root, require_tool, upstream_file
+from conftest import REPO, base_docs, dump, pinned_texts, require_root, require_tool
 from test_render import K8S_VERSION
 
 import bmctl.phases.network as phase_mod
@@ -29,18 +29,18 @@ from bmctl.phases.network import NODE_CLEANUP, PodNetwork
 from bmctl.progress import Progress
 from bmctl import release as releases
 from bmctl.render import NodeFacts
-from bmctl.render.network import (ABSENT, DEVIATIONS, PUBLIC_IP_ANNOTATION, UPSTREAM_VERSION, Deviation,
-                                  FlannelImages, flannel_objects, network_manifests, path_text)
+from bmctl.render.network import (ABSENT, DEVIATIONS, PINNED, PUBLIC_IP_ANNOTATION, UPSTREAM_VERSION, Deviation,
+                                  FlannelImages, flannel_objects, network_manifests, path_text, with_deviations)
 from bmctl.secrets import ClusterSecrets
 
-# upstream's Documentation/kube-flannel.yml of this release, read from flannel's Go module
+# upstream's Documentation/kube-flannel.yml of this release, as bmctl's release pins it (module,
+# version, path, sha256) and bmctl/release/upstream.py reads it (from flannel's Go module)
 SOURCE_NOTE = REPO / "tests/data/upstream" / f"kube-flannel-{UPSTREAM_VERSION}.yml.source"
-UPSTREAM_SHA256 = "2242ee218f3c3e724e4efe5f31826a3e38cfdabf334de41aee2b12b48fd4818d"
+PIN = releases.default().manifest(PINNED)
 
 
-def upstream_path() -> Path:
-    return upstream_file("github.com/flannel-io/flannel", UPSTREAM_VERSION, "Documentation/kube-flannel.yml",
-                         UPSTREAM_SHA256)
+def upstream_text() -> str:
+    return pinned_texts(PINNED)[0]
 POD_CIDR = "10.200.0.0/16"   # not upstream's 10.244.0.0/16, so that the Network deviation shows
 TEST_IMAGES = FlannelImages(flannel="registry.test/flannel:t", cni_plugin="registry.test/flannel-cni-plugin:t")
 
@@ -61,7 +61,7 @@ def with_network(config, **fields):
 
 
 def upstream_objects() -> list[dict]:
-    return [d for d in yaml.safe_load_all(upstream_path().read_text()) if d]
+    return [d for d in yaml.safe_load_all(upstream_text()) if d]
 
 
 def ident(obj: dict) -> tuple:
@@ -129,10 +129,12 @@ def problems(ours: list[dict], upstream: list[dict], deviations=DEVIATIONS, conf
 # --- the objects against upstream's file -------------------------------------------------------------
 
 def test_upstream_file_is_the_pinned_release():
-    text = upstream_path().read_text()
+    text = upstream_text()
     assert f"ghcr.io/flannel-io/flannel:{UPSTREAM_VERSION}" in text
+    assert (PIN.module, PIN.version, [f.path for f in PIN.files]) == \
+        ("github.com/flannel-io/flannel", UPSTREAM_VERSION, ["Documentation/kube-flannel.yml"])
     note = SOURCE_NOTE.read_text()
-    assert UPSTREAM_VERSION in note and "Apache" in note and UPSTREAM_SHA256 in note
+    assert UPSTREAM_VERSION in note and "Apache" in note and PIN.files[0].sha256 in note
 
 
 def test_objects_equal_upstream_but_for_the_deviations():
@@ -195,6 +197,28 @@ def test_a_deviation_that_no_longer_applies_fails():
                       lambda c, i: False, "a stale entry kept after the template went back to upstream's value")
     assert any("hostNetwork: the deviation no longer applies" in p
                for p in problems(ours, upstream_objects(), (*DEVIATIONS, stale)))
+
+
+def test_the_render_applies_each_deviation_only_where_upstream_has_its_value():
+    """bmctl changes upstream's objects in code: a deviation whose value upstream no longer has, or
+    whose object or path is gone, stops the render instead of deploying an unexamined change; upstream's
+    parsed objects are not changed in place."""
+    upstream = upstream_objects()
+    before = copy.deepcopy(upstream)
+    ours = with_deviations(upstream, make_config(), TEST_IMAGES)
+    assert upstream == before and problems(ours, upstream) == []
+    cm = next(o for o in upstream if o["kind"] == "ConfigMap")
+    cm["data"]["net-conf.json"] = cm["data"]["net-conf.json"].replace('"vxlan"', '"wireguard"')
+    with pytest.raises(RuntimeError, match=r"kube-flannel-cfg data\.net-conf\.json\.Backend\.Type does not apply.*"
+                                           r"upstream has 'wireguard' there, the deviation was written for 'vxlan'"):
+        with_deviations(upstream, make_config(), TEST_IMAGES)
+    gone = [o for o in upstream_objects() if o["kind"] != "DaemonSet"]
+    with pytest.raises(RuntimeError, match="kube-flannel-ds .*upstream has 0 such objects"):
+        with_deviations(gone, make_config(), TEST_IMAGES)
+    ds = next(o for o in upstream_objects() if o["kind"] == "DaemonSet")
+    ds["spec"]["template"]["spec"]["initContainers"].pop(0)
+    with pytest.raises(RuntimeError, match=r"initContainers\[install-cni-plugin\]\.image does not apply"):
+        with_deviations([ds], make_config(), TEST_IMAGES, DEVIATIONS[3:4])
 
 
 def test_a_deviation_rendered_wrong_fails():

@@ -1,4 +1,6 @@
-"""`bmctl bundle build`: the offline bundle for a Kubernetes version (bmctl/release/build.py)."""
+"""`bmctl bundle build`: the offline bundle for a Kubernetes version (bmctl/release/build.py), and
+`bmctl bundle fetch-manifests`: the upstream manifests a release pins, into bmctl's cache
+(bmctl/release/upstream.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +11,10 @@ from rich.markup import escape
 
 from bmctl.errors import BmctlError
 from bmctl.output import out
+from bmctl import release as releases
 from bmctl.release import build as builder
-from bmctl.release.bundle import Bundle
+from bmctl.release import upstream
+from bmctl.release.bundle import MANIFESTS, Bundle
 
 SOURCES = ("official", "lab")
 
@@ -73,3 +77,24 @@ def summary(path: Path, seconds: float | None = None) -> None:
     for name, part in release.binaries.items():
         files = sorted(p.rsplit("/", 1)[-1] for p, f in bundle.software.items() if f.part == name)
         _say(f"    {name:{width}}  {part.version:10}  {', '.join(files)}")
+    held = sum(1 for name in bundle.members if name.startswith(MANIFESTS))
+    _say(f"  upstream manifests ({held} files):")
+    pinned = release.all_manifests()
+    width = max(len(m.name) for m in pinned)
+    for manifest in pinned:
+        _say(f"    {manifest.name:{width}}  {manifest.version:10}  {manifest.module}, {len(manifest.files)} file(s)")
+
+
+def fetch_manifests(release_file: Path | None = None) -> list[upstream.Fetched]:
+    """Every upstream manifest the release pins (bmctl's own, or RELEASE_FILE's) into bmctl's cache,
+    from the Go module cache or the Go module proxy (GOPROXY), each checked against its sha256."""
+    release = releases.load(release_file)
+    _say(f"Fetching the upstream manifests that {release.source} pins into {upstream.cache_dir()}.")
+    fetched = upstream.fetch(release, say=_say)
+    width = max(len(f.manifest.name) for f in fetched)
+    for f in fetched:
+        _say(f"  {f.manifest.name:{width}}  {f.manifest.module}@{f.manifest.version}  {f.file.path}  "
+             f"sha256 {f.file.sha256[:16]}... ({f.source})")
+    _say(f"{len(fetched)} files in {upstream.cache_dir()}: copy that folder to the same path on a workstation "
+         "without access to a module proxy (or point BMCTL_UPSTREAM_CACHE at it).")
+    return fetched

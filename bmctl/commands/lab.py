@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import netaddr
 from rich.table import Table
 
 from bmctl.errors import BmctlError
@@ -20,11 +21,25 @@ def up(workspace: Path | None, control_planes: int, lb_nodes: int, workers: int,
     lab = _lab(workspace)
     Lab.check_prerequisites(real_nodes, router)
     Workspace("lab", workspace).ensure()
+    if lab.exists:  # `lab up` twice: the running lab is the one asked for
+        down = [r["name"] for r in lab.status() if not r["ssh"]]
+        if down:
+            raise BmctlError(f"a lab exists at {lab.state_dir} but its nodes {', '.join(down)} are not running "
+                             "(this machine restarted?).", "run `bmctl lab down`, then `bmctl lab up` again.")
+        state = lab.load()
+        out.print(f"Lab already up: {len(state['nodes'])} nodes on {Lab.net_of(state).bridge_cidr}; config "
+                  f"{state['config']} (`bmctl lab down` removes it).", markup=False)
+        return
     state = lab.up(control_planes, lb_nodes, workers, host_address, subnet=subnet, real_nodes=real_nodes,
                    say=lambda msg: out.print(msg, markup=False), router=router)
     net = Lab.net_of(state)
     out.print(f"Lab up: {len(state['nodes'])} nodes on {net.bridge_cidr}, pods on {net.pods} (bridge namespace "
               f"{state['bridge_ns']}, client namespace {state['client_ns']}).", markup=False)
+    kept = {a: why for a, why in (state.get("kept") or {}).items()
+            if any(netaddr.IPAddress(a) in netaddr.IPNetwork(c) for c in (net.segment, net.pods))}
+    out.print(f"Ranges: documentation ranges this machine has no address or route in"
+              + (f", the node segment one without an address this machine uses; kept reachable from here: "
+                 + "; ".join(f"{a} ({why})" for a, why in kept.items()) if kept else "") + ".", markup=False)
     if net.routed:
         out.print(f"Router: {state['router']['ns']} (FRR, AS {net.router_asn}) at {net.router_ip}; BGP pool "
                   f"{net.bgp_pool} (cluster AS {net.cluster_asn}); the client {net.client_ip} on "

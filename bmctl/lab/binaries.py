@@ -25,6 +25,8 @@ Run: python -m bmctl.lab.binaries [GROUP...] [--list]
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -164,6 +166,33 @@ BY_NAME = {g.name: g for g in GROUPS}
 
 def cache_dir() -> Path:
     return Path(os.environ.get("BMCTL_BIN_CACHE", Path.home() / ".cache" / "bmctl" / "bin"))
+
+
+_held = threading.local()
+
+
+@contextlib.contextmanager
+def build_lock():
+    """Held while the lab's binaries or images are being built (an flock on the binary cache's
+    `.build.lock`): a second builder, in this process or another (a test's lab beside a build
+    started in the background), waits for the first and then finds everything cached. Reentrant."""
+    depth = getattr(_held, "depth", 0)
+    if depth:
+        _held.depth = depth + 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / ".build.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def version(name: str) -> str:
@@ -321,6 +350,11 @@ def build_group(group: Group, names: list[str], current_stamp: str, say=_print) 
 
 def ensure(groups: list[str] | None = None, say=_print) -> dict[str, float]:
     """Build every missing or stale binary of `groups` (default: all); returns seconds per group built."""
+    with build_lock():
+        return _ensure(groups, say)
+
+
+def _ensure(groups: list[str] | None, say) -> dict[str, float]:
     go_version = _go_version()
     timings = {}
     for group in (BY_NAME[g] for g in (groups or BY_NAME)):

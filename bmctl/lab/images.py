@@ -691,6 +691,12 @@ def read_layout(name: str, tag: str, dest: Path) -> Built:
 
 def build_all(say=_print) -> dict[str, Built]:
     """Every image, from the cache when its content is unchanged; name -> Built."""
+    from bmctl.lab.binaries import build_lock
+    with build_lock():
+        return _build_all(say)
+
+
+def _build_all(say) -> dict[str, Built]:
     start = time.monotonic()
     deb = Debian(cache_dir(), say)
     todo, built = [], {}

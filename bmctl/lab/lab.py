@@ -23,10 +23,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import netaddr
 import yaml
 
 from bmctl.errors import BmctlError
-from bmctl.lab.net import MAX_NODES, LabNet, pick
+from bmctl.lab.net import MAX_NODES, LabNet, fence, needed, pick
 
 # Folders bmctl writes on a node; each lab node gets a private copy (bind mount).
 NODE_DIRS = ["/etc/kubernetes", "/etc/keepalived", "/etc/haproxy", "/etc/bmctl", "/etc/sysctl.d", "/etc/modules-load.d",
@@ -126,13 +127,20 @@ class Lab:
         total = control_planes + lb_nodes + workers
         if control_planes < 1 or total > MAX_NODES:
             raise BmctlError(f"a lab has 1 to {MAX_NODES} nodes with at least one control-plane node.")
-        net = pick(subnet, routed=router)
+        keep = needed()  # this machine's DNS servers, proxies and package hosts: never fenced
+        net = pick(subnet, routed=router, keep=keep)
+        held = [a for a in keep if netaddr.IPAddress(a) in netaddr.IPNetwork(net.segment)]
+        if host_address and held:
+            raise BmctlError(f"the lab's node segment {net.segment} holds {', '.join(held)}, which this machine uses "
+                             f"({'; '.join(keep[a] for a in held)}); with this machine on the lab's bridge, that "
+                             "address would be reached on the bridge instead.",
+                             "run `bmctl lab up --no-host-address`, or choose another range with --subnet.")
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
         state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
                  "pids": {}, "host_veth": None, "config": None, "cluster": cluster,
-                 "net": net.to_dict(), "real_nodes": real_nodes,
+                 "net": net.to_dict(), "real_nodes": real_nodes, "kept": keep,
                  "router": ({"ns": f"{prefix}-router", "dir": str(self.state_dir / "frr"), "pids": {}}
                             if router else None)}
         self.save(state)  # from here on, `down` can undo whatever was made
@@ -184,8 +192,8 @@ class Lab:
             state["nodes"].append(node.__dict__)
             self.save(state)
             self._attach(br, node.netns, name, node.address, net.prefix)
-            if net.routed:  # the other half of the segment (Services, the client) is behind the router
-                sh("ip", "-n", node.netns, "route", "add", net.routed_cidr, "via", net.router_ip)
+            for dst, via in self._routes(state):  # with a router: the half of the segment behind it
+                sh("ip", "-n", node.netns, "route", "add", dst, "via", via)
         if net.routed:
             self._router_links(state, net)
         else:
@@ -193,11 +201,13 @@ class Lab:
         # This machine reaches the lab only through its own address on the bridge, if it has one:
         # every other lab address is unreachable from here, so that a command run outside the lab's
         # namespaces fails at once instead of sending lab traffic out of this machine's default route.
-        fence = [net.pods] + ([] if host_address else [net.segment])
+        # The addresses this machine itself uses (state["kept"]: DNS servers, proxies, package hosts)
+        # stay out of the fence, so they are reached as before.
         state["host_fences"] = []
-        for cidr in fence:
-            if sh("ip", "route", "add", "unreachable", cidr, check=False).returncode == 0:
-                state["host_fences"].append(cidr)
+        for cidr in [net.pods] + ([] if host_address else [net.segment]):
+            for piece in fence(cidr, state.get("kept") or {}):
+                if sh("ip", "route", "add", "unreachable", piece, check=False).returncode == 0:
+                    state["host_fences"].append(piece)
         self.save(state)
         if host_address:
             state["host_veth"] = f"bl{state['id']}"
@@ -311,6 +321,8 @@ class Lab:
                     "hostname": node["name"],
                     "sshd_config": str(ndir / "sshd_config"), "sshd_log": str(ndir / "sshd.log"),
                     "state_dir": str(ndir),
+                    # the node's network configuration: routes put back whenever eth0 comes up
+                    "interface": "eth0", "routes": self._routes(state),
                     "cgroup": realnode.node_cgroup(state["id"], node["name"]) if real else None}
             (ndir / "node.json").write_text(json.dumps(spec, indent=2))
             state["pids"][node["name"]] = self._power_on(node)
@@ -393,8 +405,7 @@ class Lab:
             from bmctl.lab import realnode, systemd
             systemd.kill_cgroup(realnode.node_cgroup(state["id"], name), timeout=0)
             systemd.remove_cgroup(realnode.node_cgroup(state["id"], name))  # a boot starts with none
-        net = self.net_of(state)
-        self._reset_network(node, net.prefix, [(net.routed_cidr, net.router_ip)] if net.routed else [])
+        self._reset_network(node, self.net_of(state).prefix, self._routes(state))
         try:
             os.waitpid(state["pids"][name], 0)  # ours when this process powered the node on
         except ChildProcessError:
@@ -406,6 +417,12 @@ class Lab:
             if time.monotonic() > deadline:
                 raise BmctlError(f"lab node {name} did not come back after its reboot")
             time.sleep(0.1)
+
+    def _routes(self, state: dict) -> list[list[str]]:
+        """Each node's configured routes, [destination, gateway] pairs: with a router, the half of
+        the segment behind it."""
+        net = self.net_of(state)
+        return [[net.routed_cidr, net.router_ip]] if net.routed else []
 
     @staticmethod
     def _reset_network(node: dict, prefix: int, routes: list[tuple[str, str]] = ()) -> None:

@@ -25,9 +25,17 @@ everything outside the bridge's half is reached through the router, as from anot
 """
 from __future__ import annotations
 
+import concurrent.futures
+import configparser
 import json
+import os
+import re
+import shutil
+import socket
 import subprocess
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import netaddr
 
@@ -150,6 +158,117 @@ def host_networks() -> list[netaddr.IPNetwork]:
     return nets
 
 
+# Where this machine's own traffic goes, which the lab must never fence off (see `needed`).
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "ftp_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                   "ALL_PROXY", "FTP_PROXY", "GOPROXY", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "npm_config_registry")
+PIP_CONFIGS = ("/etc/pip.conf", "~/.config/pip/pip.conf", "~/.pip/pip.conf")
+RESOLVE_SECONDS = 3.0
+
+
+def _hosts_in(text: str) -> list[str]:
+    """The hosts of the URLs in `text` (a proxy variable, a GOPROXY list, an apt source line)."""
+    hosts = []
+    for url in re.findall(r"[a-z][a-z0-9+.-]*://[^\s,|\"';]+", text):
+        host = urlsplit(url).hostname
+        if host:
+            hosts.append(host)
+    if not hosts and text and "://" not in text and text not in ("direct", "off"):
+        host = urlsplit(f"//{text.strip()}").hostname  # host:port without a scheme
+        if host:
+            hosts.append(host)
+    return hosts
+
+
+def _read(path: str | Path) -> str:
+    try:
+        return Path(os.path.expanduser(str(path))).read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _sources(env: dict) -> dict[str, str]:
+    """host or address -> what this machine uses it for (before resolving)."""
+    found: dict[str, str] = {}
+    for line in _read("/etc/resolv.conf").splitlines():
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "nameserver":
+            found.setdefault(fields[1].split("%")[0], "DNS server (/etc/resolv.conf)")
+    for name in PROXY_VARIABLES:
+        for host in _hosts_in(env.get(name, "")):
+            found.setdefault(host, f"${name}")
+    apt = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list")),
+           *sorted(Path("/etc/apt/sources.list.d").glob("*.sources")), *sorted(Path("/etc/apt/apt.conf.d").glob("*"))]
+    for path in apt:
+        for line in _read(path).splitlines():
+            line = line.split("#", 1)[0]
+            if line.startswith(("deb", "URIs:")) or "Proxy" in line:
+                for host in _hosts_in(line):
+                    found.setdefault(host, f"package source ({path})")
+    pip_hosts = []
+    for path in PIP_CONFIGS:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read_string(_read(path))
+        except configparser.Error:
+            continue
+        for section in parser.sections():
+            for key in ("index-url", "extra-index-url", "proxy"):
+                pip_hosts += _hosts_in(parser.get(section, key, fallback=""))
+    if not pip_hosts and not env.get("PIP_INDEX_URL"):
+        pip_hosts = _pip_default_hosts()
+    for host in pip_hosts:
+        found.setdefault(host, "Python package index")
+    go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+    if go and "GOPROXY" not in env:
+        try:
+            proxy = subprocess.run([go, "env", "GOPROXY"], capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            proxy = ""
+        for host in _hosts_in(proxy):
+            found.setdefault(host, "Go module proxy (go env GOPROXY)")
+    return found
+
+
+def _pip_default_hosts() -> list[str]:
+    """The index and file hosts pip uses when nothing is configured, as pip itself names them."""
+    try:
+        from pip._internal.models.index import PyPI
+    except ImportError:  # no pip here: nothing of it to keep reachable
+        return []
+    return [h for h in (urlsplit(PyPI.url).hostname, getattr(PyPI, "file_storage_domain", None)) if h]
+
+
+def _resolve(host: str) -> list[str]:
+    try:
+        return [str(netaddr.IPAddress(host))] if netaddr.valid_ipv4(host) else \
+            sorted({a[4][0] for a in socket.getaddrinfo(host, None, socket.AF_INET)})
+    except (OSError, UnicodeError):
+        return []
+
+
+def needed(env: dict | None = None) -> dict[str, str]:
+    """The IPv4 addresses this machine depends on, address -> what for: its DNS servers, the proxies
+    in its environment, and the hosts of its package sources and module proxies (resolved, each
+    within RESOLVE_SECONDS; a name that does not resolve in time is left out). The lab never makes
+    one of them unreachable here."""
+    sources = _sources(dict(os.environ) if env is None else env)
+    out: dict[str, str] = {}
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
+    futures = {host: pool.submit(_resolve, host) for host in sources}
+    done, _ = concurrent.futures.wait(futures.values(), timeout=RESOLVE_SECONDS)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for host, future in futures.items():
+        for address in (future.result() if future in done else []):
+            out.setdefault(address, sources[host] if host == address else f"{host}: {sources[host]}")
+    return out
+
+
+def fence(cidr: str, keep: dict[str, str]) -> list[str]:
+    """The CIDRs that make `cidr` unreachable from this machine except the addresses in `keep`."""
+    kept = netaddr.IPSet(a for a in keep if netaddr.IPAddress(a) in netaddr.IPNetwork(cidr))
+    return [str(c) for c in (netaddr.IPSet([cidr]) - kept).iter_cidrs()]
+
+
 def _ip(*args: str) -> str:
     proc = subprocess.run(["ip", *args], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -162,11 +281,14 @@ def collisions(candidate: str, used: list[netaddr.IPNetwork]) -> list[str]:
     return sorted({str(u) for u in used if u in net or net in u or net.first <= u.first <= net.last})
 
 
-def pick(subnet: str | None = None, used: list[netaddr.IPNetwork] | None = None, routed: bool = False) -> LabNet:
+def pick(subnet: str | None = None, used: list[netaddr.IPNetwork] | None = None, routed: bool = False,
+         keep: dict[str, str] | None = None) -> LabNet:
     """Two documentation /24s that collide with nothing on this machine; `subnet` chooses the
-    node segment; `routed`: the layout with a router (the same two /24s)."""
+    node segment; `routed`: the layout with a router (the same two /24s). Ranges without an
+    address of `keep` (see `needed`) come first: the node segment is one of them where it can be."""
     used = host_networks() if used is None else used
-    free = [c for c in CANDIDATES if not collisions(c, used)]
+    holds = {c: [a for a in (keep or {}) if netaddr.IPAddress(a) in netaddr.IPNetwork(c)] for c in CANDIDATES}
+    free = sorted((c for c in CANDIDATES if not collisions(c, used)), key=lambda c: bool(holds[c]))
     if subnet is not None:
         try:
             want = str(netaddr.IPNetwork(subnet).cidr)

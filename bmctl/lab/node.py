@@ -7,10 +7,17 @@ sees the node's own /etc/kubernetes, /etc/keepalived, /var/lib/kubelet, ... (bin
 under the lab's state). A real node runs containerd and the kubelet under the lab's unit supervisor
 (bmctl/lab/systemd.py); a bare node (benchmarks that only write files) runs sshd alone.
 SIGTERM stops the units and every process left in the node's cgroup, then sshd.
+
+The node's network configuration (its address on eth0 and its configured routes) is also kept the
+way systemd-networkd or ifupdown keeps a real machine's: an interface taken down administratively
+(`ip link set eth0 down`) loses every route through it, and when it comes up again the configured
+routes are put back (`_network_config`). A carrier loss (the bridge side of the veth down, as a
+pulled cable) keeps the routes, marked linkdown, as the kernel does on a real machine.
 """
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +28,30 @@ from pathlib import Path
 def _sshd(spec: dict) -> subprocess.Popen:
     return subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", spec["sshd_config"]],
                             stdout=open(spec["sshd_log"], "ab"), stderr=subprocess.STDOUT)
+
+
+_LINK_EVENT = re.compile(r"^\d+:\s+([^:@\s]+)(?:@\S+)?:\s+<([^>]*)>")
+
+
+def _network_config(spec: dict) -> subprocess.Popen | None:
+    """Watch the node's links (`ip -o monitor link`, in the node's network namespace) and put the
+    configured routes ([destination, gateway] pairs in spec["routes"]) back each time the interface
+    comes up. Returns the monitor (stopped with the node), None without configured routes."""
+    iface, routes = spec.get("interface", "eth0"), spec.get("routes") or []
+    if not routes:
+        return None
+    monitor = subprocess.Popen(["ip", "-o", "monitor", "link"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True)
+
+    def watch() -> None:
+        for line in monitor.stdout:
+            event = _LINK_EVENT.match(line)
+            if event and event.group(1) == iface and "UP" in event.group(2).split(","):
+                for dst, via in routes:
+                    subprocess.run(["ip", "route", "replace", dst, "via", via, "dev", iface],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    threading.Thread(target=watch, daemon=True).start()
+    return monitor
 
 
 def main(state_file: str) -> None:
@@ -47,6 +78,7 @@ def main(state_file: str) -> None:
         threading.Thread(target=supervisor.serve, daemon=True).start()
         supervisor.boot()
         threading.Thread(target=supervisor.run, daemon=True).start()
+    monitor = _network_config(spec)
     sshd = _sshd(spec)
     while not stop.wait(0.5):
         if sshd.poll() is not None:  # keep the node reachable
@@ -55,6 +87,8 @@ def main(state_file: str) -> None:
         from bmctl.lab import systemd
         supervisor.shutdown()
         systemd.kill_cgroup(spec["cgroup"])
+    if monitor is not None:
+        monitor.terminate()
     sshd.terminate()
     try:
         sshd.wait(timeout=5)

@@ -5,6 +5,8 @@ the release file that names them (the same shape as a real cluster's release, se
     images:
       pause: registry.bmctl-lab.internal/pause:3.10.1@sha256:...
       ...
+    manifests:                       bmctl's own pins of the upstream manifests (MetalLB, flannel,
+      ...                            Gateway API): the lab deploys upstream's files, as a real cluster
 
 All images live under one repository, registry.bmctl-lab.internal, with kubeadm's own names for
 pause, etcd, CoreDNS and the control plane, so kubeadm's `imageRepository` can point there. The
@@ -13,8 +15,10 @@ nodes' containerd resolves that host through a hosts.toml mirror to http://<regi
     prepare()                        builds what is missing (binaries, then images)
     publish(netns, ip, disk_dir)     starts the registry in netns at ip:5000, pushes every image
     write_release(path, release)     writes the release file
-    bundle()                         the lab's offline bundle (cached): the node software below and
-                                     every image, in the format `bmctl bundle build` writes
+    bundle()                         the lab's offline bundle (cached): the node software below,
+                                     every image and the pinned upstream manifests (their Go modules
+                                     downloaded with the Go client), in the format `bmctl bundle build`
+                                     writes
 
 The lab's node software: kubelet, kubeadm, kubectl and crictl built here (bmctl/lab/binaries.py);
 containerd, runc and the CNI plugins from this machine's Debian packages (containerd 1.6, runc 1.1).
@@ -28,12 +32,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
+from bmctl import release as releases
 from bmctl.lab import binaries, images, registry
 from bmctl.release import bundle as bundles
+from bmctl.release import upstream
 
 REGISTRY_HOST = "registry.bmctl-lab.internal"
 
@@ -44,7 +51,8 @@ def reference(built: images.Built) -> str:
 
 def release(built: dict[str, images.Built]) -> dict:
     """The release file's content for `built` (what prepare returns)."""
-    return {"kubernetes": binaries.KUBERNETES, "images": {name: reference(b) for name, b in built.items()}}
+    return {"kubernetes": binaries.KUBERNETES, "images": {name: reference(b) for name, b in built.items()},
+            "manifests": {m.name: m.data() for m in releases.default().all_manifests()}}
 
 
 def prepare(bin_cache: Path | None = None, image_cache: Path | None = None, say=images._print) -> dict[str, images.Built]:
@@ -54,8 +62,9 @@ def prepare(bin_cache: Path | None = None, image_cache: Path | None = None, say=
         os.environ["BMCTL_BIN_CACHE"] = str(bin_cache)
     if image_cache:
         os.environ["BMCTL_IMAGE_CACHE"] = str(image_cache)
-    binaries.ensure(say=say)
-    return images.build_all(say=say)
+    with binaries.build_lock():  # both, so no one sees the binaries ready and the images not
+        binaries.ensure(say=say)
+        return images.build_all(say=say)
 
 
 def publish(netns: str, ip: str, disk_dir: Path, port: int = registry.PORT, say=images._print,
@@ -135,14 +144,25 @@ def bundle(say=images._print, built: dict | None = None) -> Path:
         return path
     cache.mkdir(parents=True, exist_ok=True)
     say(f"building the lab's bundle ({len(files)} node files, {len(built)} images)")
+    own = releases.default()
+    for manifest in own.all_manifests():  # the Go client puts each module into the Go module cache
+        binaries.module_dir(manifest.module, manifest.version)
+    _, manifests = upstream.for_bundle(own, say)
     layout = cache / f".layout-{key}"
     shutil.rmtree(layout, ignore_errors=True)
     try:
         bundles.merge_layouts([(reference(b), b.layout) for b in built.values()], layout)
-        bundles.write(path, content, files, layout, source="lab (Go modules and Debian packages, built here)", say=say)
+        bundles.write(path, content, files, layout, source="lab (Go modules and Debian packages, built here)", say=say,
+                      manifests=manifests)
     finally:
         shutil.rmtree(layout, ignore_errors=True)
     for old in cache.glob("lab-*.tar"):  # keep the newest only
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+if __name__ == "__main__":  # `python -m bmctl.lab.release`: every binary and image, as `bmctl lab up` needs them
+    _start = time.monotonic()
+    _built = prepare()
+    print(f"lab release: {len(_built)} images and their binaries ready in {time.monotonic() - _start:.0f} s", flush=True)

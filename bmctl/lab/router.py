@@ -16,7 +16,9 @@ They are stopped by pid (SIGTERM, then SIGKILL).
 bgpd: `router bgp 64512`, router-id A.126, a peer group LB (remote-as 64513, timers 1 3, BFD with
 the profile `lab`: 100 ms intervals, multiplier 3) that any address of the node subnet may join
 (`bgp listen range`): bmctl decides which nodes peer. `maximum-paths 16` and multipath-relax: one
-next hop per advertising node, installed by zebra as one multipath route.
+next hop per advertising node, installed by zebra as one multipath route. It sends every LB node a
+default route (`default-originate`), as a routed fabric's top-of-rack switch does: the node's way
+back to the clients then comes and goes with its session.
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ def configs(net: LabNet, hostname: str) -> dict[str, str]:
             " !",
             " address-family ipv4 unicast",
             "  maximum-paths 16",
+            "  neighbor LB default-originate",
             " exit-address-family",
             "exit", "!", ""]),
     }

@@ -154,7 +154,8 @@ def bgp_vip_state(host: Host) -> dict:
         return {}
     summary = data.get("summary") or {}
     peers = (summary.get("ipv4Unicast") or summary).get("peers") or {}
-    return {"announced": bool(data.get("announced")), "sessions": {ip: p.get("state") for ip, p in peers.items()}}
+    return {"announced": bool(data.get("announced")), "sessions": {ip: p.get("state") for ip, p in peers.items()},
+            "received": {ip: p.get("pfxRcd", 0) for ip, p in peers.items()}}
 
 
 def wait_for_bgp_vip(ctx: Context, peers: list[str] | None = None) -> str:
@@ -180,6 +181,7 @@ def wait_for_bgp_vip(ctx: Context, peers: list[str] | None = None) -> str:
                 problems[address] = "its HAProxy does not answer, so it does not announce the VIP"
         if not problems:
             ctx.progress.note(f"the VIP {vip}/32 is announced to {', '.join(peers)} by {', '.join(addresses)}")
+            _warn_without_routes(ctx, addresses, peers, states)
             return addresses[0]
         if time.monotonic() > deadline:
             raise HostError(next(iter(problems)), "wait for the VIP over BGP",
@@ -188,3 +190,26 @@ def wait_for_bgp_vip(ctx: Context, peers: list[str] | None = None) -> str:
                             "in the config (localASN, bgpPeers[].asn) and runs BFD or tolerates it; look at the frr "
                             "static pod's log on that node (kube-system/frr-NODE, or /var/lib/bmctl/frr/etc/frr.log).")
         time.sleep(0.5)
+
+
+ROUTES_GRACE_SECONDS = 5  # a peer's routes follow its session's first updates
+
+
+def _warn_without_routes(ctx: Context, addresses: list[str], peers: list[str], states: dict) -> None:
+    """A warning per LB node and peer that sends it no route: that node then answers the clients the
+    peer sends its way through its own routing table only, which a link that comes back without its
+    configured routes leaves without a way back (the README's "BGP mode" says what routers send)."""
+    deadline = time.monotonic() + ROUTES_GRACE_SECONDS
+    while True:
+        silent = {a: [p for p in peers if not states[a].get("received", {}).get(p)] for a in addresses}
+        silent = {a: ps for a, ps in silent.items() if ps}
+        if not silent or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        states = ctx.inventory.parallel(list(silent), bgp_vip_state) | \
+            {a: s for a, s in states.items() if a not in silent}
+    for address, quiet in silent.items():
+        ctx.progress.host(address, f"warning: BGP peer {', '.join(quiet)} sends this node no route: its replies to the "
+                                   "clients that peer sends here follow the node's own routes only; have the router "
+                                   "send the LB nodes a default route (or the clients' prefixes), see BGP mode in the "
+                                   "README", status="warn")

@@ -18,7 +18,8 @@ from bmctl.render.controlplane_lb import HAPROXY_HEALTH_PORT, lb_node_paths, sta
 from bmctl.render.kubeadm import KUBEADM_CONFIG
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN
 
-LB_STATE_FILES = [status_file("haproxy"), status_file("keepalived"), bgp.VIP_STATUS, BOOTSTRAP_DROPIN, BOOTSTRAP_CONFIG]
+LB_STATE_FILES = [status_file("haproxy"), status_file("keepalived"), bgp.VIP_STATUS, bgp.STEADY_ROUTES, BOOTSTRAP_DROPIN,
+                  BOOTSTRAP_CONFIG]
 NODE_FILES = [KUBEADM_CONFIG, MODULES_FILE, SYSCTL_FILE, *KUBEADM_STATE_FILES]
 PURGED_FILES = [ns.CONTAINERD_CONFIG, ns.CONTAINERD_UNIT, ns.KUBELET_UNIT, ns.KUBEADM_DROPIN,
                 *ns.PROXY_DROPINS.values()]

@@ -11,14 +11,18 @@ build_official(kubernetes, output, ...):
        each blob checked against its digest); the bundle's release pins each one by the digest pulled
        (a digest the release already pinned is checked by the pull: an image index's own digest
        before the platform's manifest is chosen)
-    4. bundle.write(): the bundle is written next to `output` and renamed into place, so a failed or
+    4. the upstream manifests the release pins (`manifests:`), got as bmctl/release/upstream.py gets
+       them (its cache, the Go module cache, else the Go module proxy: GOPROXY, not --mirror) and
+       checked against their sha256; the bundle's release carries every pin
+    5. bundle.write(): the bundle is written next to `output` and renamed into place, so a failed or
        killed build leaves no half bundle; the work dir is removed in every case (a process killed
        with SIGKILL leaves its .bmctl-bundle-build-* folder next to the output)
 
 `mirror` (http://HOST[:PORT][/PATH]) fetches every https://HOST/PATH of the release as
 {mirror}/HOST/PATH: a site's artefact mirror laid out like dl.k8s.io and github.com.
 
-build_lab(output): the lab's bundle (bmctl/lab/release.py), hard-linked or copied to `output`.
+build_lab(output): the lab's bundle (bmctl/lab/release.py, with the same upstream manifests),
+hard-linked or copied to `output`.
 """
 from __future__ import annotations
 
@@ -46,7 +50,7 @@ from bmctl import __version__
 from bmctl.errors import BmctlError
 from bmctl.release import PARTS, Part, Release, _check, load
 from bmctl.release import bundle as bundles
-from bmctl.release import oci
+from bmctl.release import oci, upstream
 
 PLATFORM = "linux/amd64"
 CHUNK = 1 << 20
@@ -322,6 +326,8 @@ def build_official(kubernetes: str, output: Path, release_file: Path | None = No
     base.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".bmctl-bundle-build-", dir=base))
     try:
+        say("upstream manifests (pinned by sha256):")
+        pins, manifests = upstream.for_bundle(release, say)
         say(f"node software for Kubernetes {release.kubernetes} ({len(release.binaries)} parts, from "
             f"{mirror or 'upstream'}):")
         software = fetch_software(release, work, mirror, say)
@@ -329,8 +335,10 @@ def build_official(kubernetes: str, output: Path, release_file: Path | None = No
         pinned = pull_images(release, work / "images", registry_for, say)
         content = dict(data)
         content["images"] = {name: pinned[name] for name in release.images}
+        content["manifests"] = pins
         return bundles.write(output, content, software, work / "images",
-                             source=f"upstream ({'mirror ' + mirror if mirror else 'internet'})", say=say)
+                             source=f"upstream ({'mirror ' + mirror if mirror else 'internet'})", say=say,
+                             manifests=manifests)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

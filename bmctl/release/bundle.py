@@ -9,6 +9,11 @@ A bundle is an uncompressed tar file:
                            the one file bmctl uploads to each node, checked there against its sha256
     images/                every image as one OCI image layout (index.json names each by reference)
     images.txt             the image list, one reference per line
+    manifests/             the upstream manifests the release pins (`manifests:`: MetalLB's, flannel's,
+                           Gateway API's CRDs), each as manifests/MODULE@VERSION/PATH, the file its Go
+                           module holds; bmctl/release/upstream.py reads them from here first and checks
+                           each against the release's sha256 (a bundle without them, built before they
+                           were added, still works: bmctl then looks in its cache and the Go module cache)
     SHA256SUMS             sha256 of every other member (`sha256sum -c` format)
 
 `Bundle.open(path)` reads bundle.yaml; `verify()` checks every member against SHA256SUMS, and the
@@ -42,6 +47,7 @@ MANIFEST = "bundle.yaml"
 NODE_ARCHIVE = "node-software.tar.gz"
 IMAGES = "images/"
 IMAGE_LIST = "images.txt"
+MANIFESTS = "manifests/"
 SUMS = "SHA256SUMS"
 CHUNK = 1 << 20
 
@@ -234,10 +240,11 @@ def merge_layouts(layouts: Iterable[tuple[str, Path]], out: Path) -> None:
 
 
 def write(path: Path, release: dict, software: dict[str, tuple[Path, str]], layout: Path, source: str,
-          say: Callable[[str], None] = lambda m: None) -> Path:
+          say: Callable[[str], None] = lambda m: None, manifests: dict[str, Path] | None = None) -> Path:
     """Write a bundle: `release` (a release file's content, images with digests), `software` (path on
-    the node -> (local file, part)), `layout` (one OCI layout holding every image of the release).
-    Written next to `path` and renamed into place: a killed build leaves no half bundle."""
+    the node -> (local file, part)), `layout` (one OCI layout holding every image of the release),
+    `manifests` (MODULE@VERSION/PATH -> local file: the upstream manifests the release pins, checked
+    by the caller). Written next to `path` and renamed into place: a killed build leaves no half bundle."""
     path = Path(path)
     release_obj = _check(release, f"the release of bundle {path}")  # refuse a bad release early
     missing = [ref for ref in release_obj.images.values() if "@sha256:" not in ref]
@@ -261,6 +268,7 @@ def write(path: Path, release: dict, software: dict[str, tuple[Path, str]], layo
         for p in sorted(Path(layout).rglob("*")):
             if p.is_file():
                 members.append((IMAGES + str(p.relative_to(layout)), p))
+        members += [(MANIFESTS + name, local) for name, local in sorted((manifests or {}).items())]
         sums = []
         part = work / "bundle.tar"
         with tarfile.open(part, "w", format=tarfile.GNU_FORMAT) as tar:
@@ -276,7 +284,7 @@ def write(path: Path, release: dict, software: dict[str, tuple[Path, str]], layo
             tar.add(work / SUMS, arcname=SUMS, filter=_owned_by_root)
         os.replace(part, path)
     say(f"bundle {path}: {path.stat().st_size / 1e6:.0f} MB, {len(release['images'])} images, "
-        f"written in {time.monotonic() - start:.0f} s")
+        f"{len(manifests or {})} upstream manifest files, written in {time.monotonic() - start:.0f} s")
     return path
 
 

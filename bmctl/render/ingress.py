@@ -9,10 +9,11 @@ Envoy binary (C++, Bazel); Cilium's Gateway needs Cilium as the CNI; NGINX Gatew
 Ingress objects.
 
 What is deployed (files in apply order, as `--dry-run` writes them under dry-run/cluster/):
-- 10-gateway-api-crds.yaml: Gateway API's standard-channel CRDs of GATEWAY_API_VERSION, verbatim
-  (templates/ingress/gateway-api-<version>-standard.yaml, the files config/crd/kustomization.yaml of
-  that release lists, in its order; tests/test_ingress.py checks the sha256 of each), and its
-  safe-upgrades ValidatingAdmissionPolicy;
+- 10-gateway-api-crds.yaml: Gateway API's standard-channel CRDs of GATEWAY_API_VERSION, unchanged,
+  and its safe-upgrades ValidatingAdmissionPolicy: the files config/crd/kustomization.yaml of that
+  release lists, in its order, each after a '# standard/<file>' line. The release pins each by path and
+  sha256 (`manifests:` gateway-api); bmctl/release/upstream.py gets them (bundle, cache, Go module
+  cache or module proxy), and no copy is kept in this repository;
 - 11-ingress-controller.yaml: namespace bmctl-ingress, Traefik's ServiceAccount and RBAC (the Helm
   chart's rules), the default IngressClass, a DaemonSet on the LB nodes (label
   baremetal.cluster.gke.io/lbnode=true), the LoadBalancer Service pinned to the ingress VIP with
@@ -26,14 +27,18 @@ What is deployed (files in apply order, as `--dry-run` writes them under dry-run
 """
 from __future__ import annotations
 
+import posixpath
+
 from bmctl import release as releases
 from bmctl.config.model import LB_NODE_LABEL, ClusterConfig
 from bmctl.config.rules import INGRESS_POOL
-from bmctl.render.engine import RenderedFile, render, template_dir
+from bmctl.release import upstream
+from bmctl.render.engine import RenderedFile, render
 from bmctl.secrets import ClusterSecrets
 
 GATEWAY_API_VERSION = "v1.6.1"
-CRDS = f"ingress/gateway-api-{GATEWAY_API_VERSION}-standard.yaml"  # under templates/
+CRDS = "gateway-api"            # the release's pinned manifest: the standard channel's files
+KUSTOMIZATION_DIR = "config/crd"  # where the kustomization that lists them lives in the module
 TRAEFIK_VERSION = "v3.7.12"  # the release's `traefik` image: the template follows this version's flags
 NAMESPACE = "bmctl-ingress"
 NAME = "traefik"
@@ -86,8 +91,19 @@ def traefik_args() -> list[str]:
             f"--providers.kubernetesgateway.statusaddress.service.namespace={NAMESPACE}"]
 
 
-def crds_text() -> str:
-    return (template_dir() / CRDS).read_text()
+def crds_text(config: ClusterConfig) -> str:
+    """The CRD files the release pins, in its (the kustomization's) order, each after a line naming
+    it (its path from the kustomization) and followed by `---`."""
+    release = releases.of(config)
+    manifest = release.manifest(CRDS)
+    out = [f"# Gateway API {manifest.version}, standard channel: the files {KUSTOMIZATION_DIR}/kustomization.yaml "
+           f"of {manifest.module} lists, in its order,\n# unchanged, each after a '# <file>' line naming it. "
+           "Copyright The Kubernetes Authors, licensed under the Apache License 2.0\n# (SPDX: Apache-2.0). Pinned "
+           "by sha256 in bmctl's release (manifests: gateway-api).\n"]
+    for file, text in zip(manifest.files, upstream.manifest_texts(manifest, releases.bundle_path(config), release)):
+        end = "" if text.endswith("\n") else "\n"
+        out.append(f"# {posixpath.relpath(file.path, KUSTOMIZATION_DIR)}\n{text}{end}---\n")
+    return "".join(out)
 
 
 def ingress_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[RenderedFile]:
@@ -108,6 +124,6 @@ def ingress_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[Re
                      labels=LABELS, web_port=WEB_PORT, websecure_port=WEBSECURE_PORT,
                      tls_name=tls_name, user_tls=user_tls, cert=secrets.ingress_tls_cert,
                      key=secrets.ingress_tls_key)
-    return [RenderedFile(CRDS_FILE, crds_text()),
+    return [RenderedFile(CRDS_FILE, crds_text(config)),
             RenderedFile(CONTROLLER_FILE, controller),
             RenderedFile(GATEWAY_FILE, gateway, mode=0o600 if not user_tls else 0o644, secret=not user_tls)]

@@ -1,11 +1,13 @@
 """MetalLB objects for the cluster: upstream's own manifest of the deployed version, changed only
 where DEVIATIONS says (each with its reason), plus the memberlist secret and the address pools.
 
-`templates/metallb/metallb-native-<version>.yaml` is MetalLB's `config/manifests/metallb-native.yaml`
-of UPSTREAM_VERSION, verbatim (a copy is kept in tests/data/upstream/); tests/test_metallb_upstream.py
-diffs what bmctl renders against it object by object, field by field, and fails on any difference
-DEVIATIONS does not list and on a deviation that no longer changes anything. To move to another
-MetalLB release: put its file there, set UPSTREAM_VERSION (and the images), run that test.
+Upstream's file is MetalLB's `config/manifests/metallb-native.yaml` (BGP mode: `metallb-frr.yaml`)
+of UPSTREAM_VERSION, pinned by sha256 in the release (`manifests:` metallb-native and metallb-frr) and
+read through bmctl/release/upstream.py (bundle, cache, Go module cache or module proxy): no copy of it
+is kept in this repository. tests/test_metallb_upstream.py diffs what bmctl renders against it object
+by object, field by field, and fails on any difference DEVIATIONS does not list and on a deviation
+that no longer changes anything. To move to another MetalLB release: pin its files in the release,
+set UPSTREAM_VERSION (and the images), run that test.
 """
 from __future__ import annotations
 
@@ -13,35 +15,24 @@ import copy
 import functools
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import netaddr
-import yaml
 
 from bmctl.config.addresses import parse_ip, parse_pool_entry
 from bmctl.config.rules import INGRESS_POOL
 from bmctl.config.model import LB_NODE_LABEL, ClusterConfig
 from bmctl import release as releases
-from bmctl.release import Release
-from bmctl.render.engine import RenderedFile, render, template_dir
+from bmctl.release import Manifest, Release
+from bmctl.release import upstream as upstream_files
+from bmctl.render.engine import RenderedFile, documents, render
 from bmctl.secrets import ClusterSecrets
 
 UPSTREAM_VERSION = "v0.15.2"
-UPSTREAM = f"metallb/metallb-native-{UPSTREAM_VERSION}.yaml"   # under templates/: layer 2
-UPSTREAM_FRR = f"metallb/metallb-frr-{UPSTREAM_VERSION}.yaml"   # BGP mode (FRR: BFD, one speaker per node)
+# The release's pinned manifest of each mode: layer 2, and BGP mode (FRR: BFD, one speaker per node).
+UPSTREAM = {"native": "metallb-native", "frr": "metallb-frr"}
 NAMESPACE = "metallb-system"
 L2_ADVERTISEMENT = "bmctl-lb-nodes"
-
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _Dumper(getattr(yaml, "CSafeDumper", yaml.SafeDumper)):
-    """Multi-line strings (a ConfigMap's file) as literal blocks, as upstream writes them."""
-
-    def represent_str(self, text: str):
-        return self.represent_scalar("tag:yaml.org,2002:str", text, style="|" if "\n" in text else None)
-
-
-_Dumper.add_representer(str, _Dumper.represent_str)
 
 
 @dataclass(frozen=True)
@@ -143,7 +134,8 @@ def _frr_deviations() -> tuple[Deviation, ...]:
                   [{"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}}]),
         Deviation("BGPPeer", None, "add", "one per router, spoken to from every LB node, with BFD"),
         Deviation("BFDProfile", None, "add", "sub-second failure detection for every BGP session"),
-        Deviation("ConfigMap", "bgpextras", "add", "the control-plane VIP's lines, kept in FRR by MetalLB's reloads"),
+        Deviation("ConfigMap", "bgpextras", "add", "the control-plane VIP's lines and the peers' routes let in "
+                  "(a way back to the clients), kept in FRR by MetalLB's reloads"),
         Deviation("BGPAdvertisement", None, "add", "announce the pools from the load-balancer nodes only"),
     )
 
@@ -189,10 +181,15 @@ MEMBERLIST_FILE = "03-metallb-memberlist.yaml"
 POOLS_FILE = "06-metallb-pools.yaml"
 
 
-@functools.lru_cache(maxsize=2)
-def _upstream(mode: str = "native") -> tuple[dict, ...]:
-    path = template_dir() / (UPSTREAM if mode == "native" else UPSTREAM_FRR)
-    return tuple(d for d in yaml.load_all(path.read_text(), Loader=_LOADER) if d)
+def _upstream(mode: str = "native", release: Release | None = None, bundle: Path | None = None) -> tuple[dict, ...]:
+    """Upstream's objects of `mode` as the release pins them (bmctl's own release when None)."""
+    return _parsed((release or releases.default()).manifest(UPSTREAM[mode]), bundle)
+
+
+@functools.lru_cache(maxsize=4)
+def _parsed(manifest: Manifest, bundle: Path | None) -> tuple[dict, ...]:
+    """Keyed by the pin (and the bundle): every release that pins the same file shares the parse."""
+    return tuple(d for text in upstream_files.manifest_texts(manifest, bundle) for d in documents(text))
 
 
 def _child(node: dict | list, key: str, create: bool = False):
@@ -253,7 +250,7 @@ def with_deviations(upstream: list[dict], deviations: tuple[Deviation, ...] = DE
 def _dump(objs: list[dict], mode: str = "native") -> str:
     head = (f"# MetalLB {UPSTREAM_VERSION} as upstream ships it (config/manifests/metallb-{mode}.yaml), changed "
             "only as bmctl/render/metallb.py deviations() says.\n")
-    return head + yaml.dump_all(objs, Dumper=_Dumper, sort_keys=False, default_flow_style=False, explicit_start=True)
+    return upstream_files.dump(objs, head)
 
 
 def _entry_text(rng: netaddr.IPRange) -> str:
@@ -298,7 +295,7 @@ def bgp_peer_name(ip: str) -> str:
 def bgp_settings(config: ClusterConfig) -> dict | None:
     """MetalLB's BGP objects for loadBalancer.type: bgp (None in layer 2): one BGPPeer per router,
     spoken to by every LB node, with BFD; the BFD profile; one BGPAdvertisement of every pool; and
-    the control-plane VIP's lines for the nodes' FRR (bgpextras)."""
+    bmctl's lines for the nodes' FRR (bgpextras: the VIP out, the peers' routes in)."""
     from bmctl.render import bgp
     lb = config.lb
     if lb.type != "bgp":
@@ -306,23 +303,23 @@ def bgp_settings(config: ClusterConfig) -> dict | None:
     peers = [{"name": bgp_peer_name(p.ip), "asn": p.asn, "address": p.ip} for p in lb.bgpPeers]
     return {"local_asn": lb.localASN, "hold": f"{bgp.HOLD}s", "keepalive": f"{bgp.KEEPALIVE}s",
             "connect": f"{bgp.CONNECT_RETRY}s",
-            "advertisement": BGP_ADVERTISEMENT, "peers": peers, "bfd": bgp.BFD, "extras": bgp.vip_lines(config)}
+            "advertisement": BGP_ADVERTISEMENT, "peers": peers, "bfd": bgp.BFD, "extras": bgp.extra_lines(config)}
 
 
 def kube_proxy_config(config: ClusterConfig) -> str:
     return render("kubeadm/kube-proxy.yaml.j2", mode=config.spec.clusterNetwork.kubeProxyMode)
 
 
-def metallb_objects(release: Release | None = None, mode: str = "native") -> list[dict]:
+def metallb_objects(release: Release | None = None, mode: str = "native", bundle: Path | None = None) -> list[dict]:
     """Upstream's objects as bmctl deploys them (without the memberlist secret and the pools)."""
-    return with_deviations(list(_upstream(mode)), deviations(mode), release=release)
+    return with_deviations(list(_upstream(mode, release, bundle)), deviations(mode), release=release)
 
 
 def metallb_manifests(config: ClusterConfig, secrets: ClusterSecrets) -> list[RenderedFile]:
     """Cluster-wide manifests, named in apply order."""
     by_file: dict[str, list[dict]] = {}
     mode = mode_of(config)
-    for obj in metallb_objects(releases.of(config), mode):
+    for obj in metallb_objects(releases.of(config), mode, releases.bundle_path(config)):
         if obj["kind"] not in FILES:
             raise RuntimeError(f"upstream's MetalLB manifest has a {obj['kind']} ({obj['metadata']['name']}) that "
                                "bmctl does not know where to apply: add its kind to FILES or drop it in DEVIATIONS")

@@ -2,24 +2,30 @@
 
 A rack on one L2 segment needs no overlay: host-gw gives each node a plain route to every other
 node's pod CIDR via that node's IP (no encapsulation, no MTU loss, no extra daemon on the data path).
-`templates/network/flannel.yaml.j2` is flannel's own `Documentation/kube-flannel.yml` of
-UPSTREAM_VERSION (kept verbatim in tests/data/upstream/), changed only where DEVIATIONS says so;
-tests/test_network.py diffs the two object by object, field by field.
+The objects are flannel's own `Documentation/kube-flannel.yml` of UPSTREAM_VERSION, pinned by sha256
+in the release (`manifests:` flannel) and read through bmctl/release/upstream.py (bundle, cache, Go
+module cache or module proxy; no copy is kept in this repository), changed in code only where
+DEVIATIONS says, each with its reason: with_deviations() checks that upstream still has the value a
+deviation was written for. tests/test_network.py diffs the result against upstream's objects, object
+by object, field by field.
 """
 from __future__ import annotations
 
+import copy
+import json
 from dataclasses import dataclass
 from typing import Callable
 
 import netaddr
-import yaml
 
 from bmctl.config.model import ClusterConfig
 from bmctl.errors import BmctlError
 from bmctl import release as releases
-from bmctl.render.engine import RenderedFile, render
+from bmctl.release import upstream
+from bmctl.render.engine import RenderedFile, documents
 
-UPSTREAM_VERSION = "v0.27.4"     # the flannel release whose kube-flannel.yml the template follows
+UPSTREAM_VERSION = "v0.27.4"     # the flannel release whose kube-flannel.yml bmctl deploys (the release pins it)
+PINNED = "flannel"               # its name in the release's `manifests:`
 BACKEND = "host-gw"
 NAMESPACE = "kube-flannel"
 DAEMONSET = "kube-flannel-ds"
@@ -125,15 +131,76 @@ def pod_network(config: ClusterConfig) -> str:
     return str(net)
 
 
-def flannel_manifest(config: ClusterConfig, image_refs: FlannelImages | None = None) -> RenderedFile:
-    return RenderedFile(MANIFEST, render("network/flannel.yaml.j2", cluster=config.name, version=UPSTREAM_VERSION,
-                                         backend=BACKEND, network=pod_network(config),
-                                         images=image_refs or FlannelImages.of(config)))
+def upstream_objects(config: ClusterConfig) -> list[dict]:
+    """Upstream's kube-flannel.yml objects, as the config's release pins the file."""
+    return [d for text in upstream.for_config(config, PINNED) for d in documents(text)]
+
+
+def _walk(node, key: str):
+    """One step of a deviation's path: a mapping's key, a list's "[name]" or "[index]" item."""
+    if not isinstance(node, list):
+        return node[key]
+    name = key[1:-1]
+    found = [i for i in node if isinstance(i, dict) and i.get("name") == name]
+    if len(found) == 1:
+        return found[0]
+    if name.isdigit():
+        return node[int(name)]
+    raise KeyError(f"no list item named {name}")
+
+
+def _deviate(obj: dict, path: tuple[str, ...], want: object, value: object) -> None:
+    """Set obj at `path` to `value` (ABSENT: remove it) where upstream has `want`. A `*.json` key of
+    a ConfigMap's data is a JSON document: walked into and written back as upstream writes it (two-space
+    indent)."""
+    node = obj
+    for depth, key in enumerate(path[:-1]):
+        if depth == 1 and path[0] == "data" and key.endswith(".json"):
+            doc = json.loads(node[key])
+            _deviate(doc, path[depth + 1:], want, value)
+            node[key] = json.dumps(doc, indent=2) + "\n"
+            return
+        node = _walk(node, key)
+    last = path[-1]
+    if isinstance(node, list):
+        raise KeyError(f"{last}: a list item is replaced field by field")
+    found = node.get(last, ABSENT)
+    if found != want:
+        raise ValueError(f"upstream has {found!r} there, the deviation was written for {want!r}")
+    if value is ABSENT:
+        node.pop(last, None)
+    else:
+        node[last] = value
+
+
+def with_deviations(upstream_objs: list[dict], config: ClusterConfig, image_refs: FlannelImages,
+                    deviations: tuple[Deviation, ...] = DEVIATIONS) -> list[dict]:
+    """Upstream's objects changed as `deviations` say (upstream's are not touched). A deviation whose
+    object or path is gone, or where upstream no longer has the value it was written for, stops the
+    render: bmctl never deploys a change nobody has looked at."""
+    objs = copy.deepcopy(upstream_objs)
+    for dev in deviations:
+        hits = [o for o in objs if o["kind"] == dev.kind and o["metadata"]["name"] == dev.name]
+        where = f"flannel deviation {dev.kind} {dev.name} {path_text(dev.path)}"
+        if len(hits) != 1:
+            raise RuntimeError(f"{where} does not apply: upstream has {len(hits)} such objects")
+        try:
+            _deviate(hits[0], dev.path, dev.upstream, dev.ours(config, image_refs))
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise RuntimeError(f"{where} does not apply to upstream's {UPSTREAM_VERSION} file: {exc}") from None
+    return objs
 
 
 def flannel_objects(config: ClusterConfig, image_refs: FlannelImages | None = None) -> list[dict]:
     """The flannel objects, in upstream's (apply) order."""
-    return [d for d in yaml.safe_load_all(flannel_manifest(config, image_refs).content) if d]
+    return with_deviations(upstream_objects(config), config, image_refs or FlannelImages.of(config))
+
+
+def flannel_manifest(config: ClusterConfig, image_refs: FlannelImages | None = None) -> RenderedFile:
+    head = (f"# Managed by bmctl for cluster {config.name}: the pod network (flannel {UPSTREAM_VERSION}, backend "
+            f"{BACKEND}).\n# flannel's Documentation/kube-flannel.yml at tag {UPSTREAM_VERSION} (github.com/flannel-io/"
+            "flannel, Apache License 2.0),\n# changed only where bmctl/render/network.py DEVIATIONS says so.\n")
+    return RenderedFile(MANIFEST, upstream.dump(flannel_objects(config, image_refs), head))
 
 
 def network_manifests(config: ClusterConfig, image_refs: FlannelImages | None = None) -> list[RenderedFile]:

@@ -241,8 +241,19 @@ class LabHarness:
         self.lab.reboot(node["name"])
 
     def set_link(self, node: dict, up: bool) -> None:
+        """A pulled (and plugged) cable: the bridge's side of the node's link goes down, so the node
+        loses its carrier and keeps its routes (marked linkdown)."""
         port = node["name"]
         subprocess.run(["ip", "-n", self.bridge_ns, "link", "set", port, "up" if up else "down"], check=True)
+
+    def set_admin(self, node: dict, up: bool) -> None:
+        """`ip link set eth0 down` (and up) on the node itself: every route through eth0 goes; when it
+        comes up, the node's network configuration puts its configured routes back (bmctl/lab/node.py)."""
+        subprocess.run(["ip", "-n", node["netns"], "link", "set", "eth0", "up" if up else "down"], check=True)
+
+    def fault(self, node: dict, kind: str, up: bool) -> None:
+        """kind: "carrier" (set_link) or "admin" (set_admin)."""
+        (self.set_link if kind == "carrier" else self.set_admin)(node, up)
 
     def node_file(self, node: dict, path: str) -> Path:
         """A file as the node sees it (the lab keeps each node's folders under its state)."""
