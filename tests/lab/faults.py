@@ -26,6 +26,7 @@ def _probe(lab, ip: str, port: int, request: bytes, tls: bool, ok) -> str | None
         with in_netns(lab.client_ns):
             sock = socket.create_connection((ip, port), timeout=TIMEOUT)
         took = time.monotonic() - start
+        local = sock.getsockname()[1]
         if tls:
             ctx = ssl.create_default_context()
             ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
@@ -42,7 +43,7 @@ def _probe(lab, ip: str, port: int, request: bytes, tls: bool, ok) -> str | None
     except (OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     if took > CONNECT_OK:
-        return f"handshake took {took:.2f} s (a SYN was lost)"
+        return f"handshake took {took:.2f} s (a SYN was lost; from port {local})"
     return None if ok(data) else f"answer {data[:80]!r}"
 
 
