@@ -14,6 +14,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from bmctl.lab.lab import host_cgroup_v1
 from lab.harness import lab_prerequisites
 from conftest import require
 
@@ -52,6 +53,9 @@ def test_quickstart_gives_a_service_and_an_httproute_answering_here_and_runs_aga
         assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
         out = first.stdout
         assert "Lab up: 1 nodes on" in out and "Phase 8/8: Verification" in out, out[-4000:]
+        if host_cgroup_v1():  # the lab says it opts in, and its config does
+            assert "spec.nodeConfig.allowCgroupV1: true" in out, out[-4000:]
+            assert "allowCgroupV1: true" in (workspace / "lab" / "lab.yaml").read_text()
         urls = answers(out)
         assert f"--kubeconfig {workspace}/lab/lab-kubeconfig get nodes,pods -A" in out and "bmctl lab down" in out
         start = time.monotonic()

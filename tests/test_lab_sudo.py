@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from bmctl.lab.lab import PLAIN_USER, SUDO_USER
+from bmctl.lab.lab import PLAIN_USER, SUDO_USER, host_cgroup_v1
 from lab.harness import NET, Kube, http_get, metallb_objects, running_lab, start_web_service, wait_for
 
 PARTS = ("kubelet", "kubeadm", "crictl", "crane")
@@ -23,13 +24,16 @@ FOLDERS = ("etc_kubernetes", "etc_keepalived", "etc_haproxy", "var_lib_bmctl")
 def lab(tmp_path_factory):
     from conftest import require_tool
     require_tool("sudo")
+    require_tool("nft")  # kube-proxy runs in nftables mode here: its table is read with nft
     with running_lab(tmp_path_factory.mktemp("sudo"), 1, 1, 1, needs=PARTS) as harness:
         yield harness
 
 
 def as_user(lab, user: str, name: str, mutate=None) -> Path:
+    """The lab's config as `user`; this module's cluster runs kube-proxy in nftables mode."""
     docs = list(yaml.safe_load_all(lab.config.read_text()))
     docs[2]["spec"]["nodeAccess"]["loginUser"] = user
+    docs[2]["spec"]["clusterNetwork"]["kubeProxyMode"] = "nftables"
     if mutate:
         mutate(docs)
     path = lab.workdir / f"{name}.yaml"
@@ -77,6 +81,31 @@ def test_a_user_without_passwordless_sudo_is_refused_on_every_node_and_nothing_c
     assert lab.vip_holders() == []
 
 
+def test_preflight_names_every_cgroup_v1_node_for_kubernetes_1_35_and_changes_nothing(lab):
+    """The lab's nodes have this machine's cgroup v1. Asked for Kubernetes v1.35 without the opt-in,
+    preflight fails on every node (read on the node: /sys/fs/cgroup is a tmpfs), naming the node and
+    both fixes, before anything is written; with the lab's opt-in it only warns."""
+    before = node_tree(lab)
+
+    def v135(docs):
+        docs[2]["spec"]["kubernetesVersion"] = "v1.35.8"
+        docs[2]["spec"]["nodeConfig"].pop("allowCgroupV1", None)
+    config = as_user(lab, SUDO_USER, "v135", v135)
+    proc = lab.bmctl("check", "preflight", "-o", "json", config=config)
+    rows = {c["node"]: c for c in yaml.safe_load(proc.stdout)["checks"] if c["check"] == "cgroup v2"}
+    assert set(rows) == {n["address"] for n in lab.nodes}, proc.stdout
+    if not host_cgroup_v1():  # a cgroup v2 machine: nothing to refuse
+        assert {r["status"] for r in rows.values()} == {"ok"}, rows
+        return
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    for row in rows.values():
+        assert row["status"] == "fail" and "v1.35.8 refuses it" in row["detail"], row
+        assert "systemd.unified_cgroup_hierarchy=1" in row["detail"] and f"allowCgroupV1: true in {config}" in row["detail"]
+    assert node_tree(lab) == before
+    proc = lab.bmctl("check", "preflight", "-o", "json", config=as_user(lab, SUDO_USER, "ops"))
+    assert {c["status"] for c in yaml.safe_load(proc.stdout)["checks"] if c["check"] == "cgroup v2"} == {"warn"}, proc.stdout
+
+
 def test_the_lab_accounts_carry_no_password_hash(lab):
     """The nodes' shadow file is a copy of this machine's with the lab users added: no account keeps
     a password hash in it (logins are by key), and it has the original's owner and mode."""
@@ -108,6 +137,14 @@ def test_create_cluster_as_a_sudo_user(lab):
     kube = Kube(lab)
     ip, _backend = start_web_service(lab, kube)
     wait_for(lambda: http_get(lab, ip), 30, f"the Service IP {ip} to answer")
+    # ... through kube-proxy's nftables rules: its table on every node, no iptables Service chain
+    for node in lab.nodes:
+        tables = subprocess.run(["ip", "netns", "exec", node["netns"], "nft", "list", "tables"],
+                                capture_output=True, text=True).stdout
+        assert "table ip kube-proxy" in tables, (node["name"], tables)
+        rules = subprocess.run(["ip", "netns", "exec", node["netns"], "iptables-save"],
+                               capture_output=True, text=True).stdout
+        assert "KUBE-SERVICES" not in rules, node["name"]
     # a re-run as that user finds nothing to do
     proc = lab.bmctl("create", "cluster", config=ops, timeout=900)
     assert proc.returncode == 0, proc.stdout + proc.stderr

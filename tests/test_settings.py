@@ -168,6 +168,19 @@ def test_ipvs_sets_strict_arp():
                                                           ClusterSecrets.generate()).content)
              if d and d.get("kind") == "KubeProxyConfiguration"][0]
     assert proxy["mode"] == "iptables" and "ipvs" not in proxy
+    assert [w.path for w in config.warnings if "kubeProxyMode" in w.path] == ["spec.clusterNetwork.kubeProxyMode"]
+    assert not [w for w in plain.warnings if "kubeProxyMode" in w.path]
+
+
+def test_nftables_mode_reaches_kube_proxy_without_warning():
+    docs = base_docs()
+    docs[2]["spec"]["clusterNetwork"]["kubeProxyMode"] = "nftables"
+    config = config_from(docs)
+    proxy = [d for d in yaml.safe_load_all(kubeadm_config(config, config.control_plane_nodes[0],
+                                                          ClusterSecrets.generate()).content)
+             if d and d.get("kind") == "KubeProxyConfiguration"][0]
+    assert proxy["mode"] == "nftables" and "ipvs" not in proxy
+    assert not [w for w in config.warnings if "kubeProxyMode" in w.path]
 
 
 def test_kubeadm_points_everything_at_the_vip():

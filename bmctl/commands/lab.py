@@ -7,7 +7,7 @@ import netaddr
 from rich.table import Table
 
 from bmctl.errors import BmctlError
-from bmctl.lab.lab import Lab
+from bmctl.lab.lab import Lab, host_cgroup_v1
 from bmctl.output import out
 from bmctl.workspace import Workspace
 
@@ -40,6 +40,10 @@ def up(workspace: Path | None, control_planes: int, lb_nodes: int, workers: int,
     out.print(f"Ranges: documentation ranges this machine has no address or route in"
               + (f", the node segment one without an address this machine uses; kept reachable from here: "
                  + "; ".join(f"{a} ({why})" for a, why in kept.items()) if kept else "") + ".", markup=False)
+    if state.get("real_nodes") and host_cgroup_v1():
+        out.print("cgroup v1: this machine (and so every lab node) has cgroup v1, which Kubernetes v1.35 and "
+                  "later refuse; the lab's config opts in (spec.nodeConfig.allowCgroupV1: true, deprecated "
+                  "upstream; every run warns).", markup=False)
     if net.routed:
         out.print(f"Router: {state['router']['ns']} (FRR, AS {net.router_asn}) at {net.router_ip}; BGP pool "
                   f"{net.bgp_pool} (cluster AS {net.cluster_asn}); the client {net.client_ip} on "

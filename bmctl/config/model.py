@@ -109,7 +109,7 @@ class CIDRBlocks(Strict):
 class ClusterNetwork(Strict):
     pods: CIDRBlocks
     services: CIDRBlocks
-    kubeProxyMode: Literal["iptables", "ipvs"] = "iptables"
+    kubeProxyMode: Literal["iptables", "nftables", "ipvs"] = "iptables"
     cni: Literal["flannel", "none"] = "flannel"  # bmctl-only: none = bring your own pod network
     # Google's switch for the bundled ingress on the ingress VIP (on when ingressVIP is set)
     bundledIngress: bool = True
@@ -188,6 +188,10 @@ class NodeConfig(Strict):
     podDensity: PodDensity = PodDensity()
     containerRuntime: Literal["containerd"] = "containerd"
     privateRegistries: list[PrivateRegistry] = []
+    # bmctl-only, deprecated by upstream: run Kubernetes on nodes with cgroup v1, which the kubelet
+    # refuses from v1.35 unless told otherwise (failCgroupV1: false; kubeadm's SystemVerification
+    # ignored). Every run warns; upstream will drop cgroup v1 altogether.
+    allowCgroupV1: bool = False
 
 
 class Proxy(Strict):

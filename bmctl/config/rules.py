@@ -59,6 +59,18 @@ def check_cluster(config: model.ClusterConfig, expected_name: str | None) -> lis
         out.append(Finding(("spec", "kubernetesVersion"),
                            f"{config.spec.kubernetesVersion!r} is not a Kubernetes version",
                            f"write it like {model.DEFAULT_KUBERNETES_VERSION!r}"))
+    if config.spec.clusterNetwork.kubeProxyMode == "ipvs":
+        out.append(Finding(("spec", "clusterNetwork", "kubeProxyMode"),
+                           "kube-proxy's ipvs mode is deprecated upstream since Kubernetes v1.35 (disabled by "
+                           "default in a later release, then removed)",
+                           "use nftables (kubeProxyMode: nftables, Linux 5.13 or later) or iptables; the mode "
+                           "is fixed at create, so a running cluster keeps ipvs until it is rebuilt", "warning"))
+    if config.spec.nodeConfig.allowCgroupV1:
+        out.append(Finding(("spec", "nodeConfig", "allowCgroupV1"),
+                           "Kubernetes runs on cgroup v1 nodes, which upstream deprecated: from v1.35 the "
+                           "kubelet refuses them unless told otherwise, and a later release drops them",
+                           "boot the nodes with cgroup v2 (kernel parameter systemd.unified_cgroup_hierarchy=1) "
+                           "and remove allowCgroupV1", "warning"))
     out.extend(_check_network(config))
     out.extend(_check_load_balancer(config))
     out.extend(_check_nodes_settings(config))

@@ -60,6 +60,11 @@ def sh(*argv: str, check: bool = True, capture: bool = True) -> subprocess.Compl
     return proc
 
 
+def host_cgroup_v1() -> bool:
+    """This machine mounts cgroup v1 (a tmpfs of controllers at /sys/fs/cgroup, not cgroup2fs)."""
+    return os.path.isdir("/sys/fs/cgroup") and not os.path.exists("/sys/fs/cgroup/cgroup.controllers")
+
+
 @dataclass
 class LabNode:
     name: str
@@ -484,6 +489,8 @@ class Lab:
             header["registryMirrors"] = [{"endpoint": f"http://{net.registry_ip}:5000", "hosts": [MIRROR_HOST]}]
             # a /27 of the pod network per node: the lab's pods share one documentation /24
             spec_extra["nodeConfig"] = {"podDensity": {"maxPodsPerNode": 16}}
+            if host_cgroup_v1():  # the nodes share this machine's cgroups
+                spec_extra["nodeConfig"]["allowCgroupV1"] = True
         docs = [
             header,
             {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"cluster-{name}"}},

@@ -50,6 +50,7 @@ if command -v timedatectl >/dev/null 2>&1; then
 else
   echo "ntp unknown"
 fi
+echo "cgroupfs $(stat -fc %T /sys/fs/cgroup 2>/dev/null || echo unknown)"
 ss -Hltnup 2>/dev/null | sed 's/^/sock /'
 '''
 
@@ -165,7 +166,35 @@ def node_checks(config: ClusterConfig, host: Host, facts: NodeFacts, kubernetes:
         checks.append(Check(a, "ports free", "fail" if taken else "ok",
                             f"in use: {', '.join(taken)}" if taken else ports))
     checks.append(Check(a, "node IP", "ok", f"{config_node_ip(config, a)}/{facts.prefixlen} on {facts.interface}"))
+    if kubernetes:
+        fs = next((l.split(" ", 1)[1] for l in lines if l.startswith("cgroupfs ")), "unknown")
+        checks.append(cgroup_check(config, a, fs))
     return checks
+
+
+CGROUP_V1_REFUSED_FROM = 35  # the kubelet's failCgroupV1 defaults to true from Kubernetes v1.35
+
+
+def cgroup_check(config: ClusterConfig, address: str, fs: str) -> Check:
+    """The node's cgroup version (the file system type of /sys/fs/cgroup: cgroup2fs is v2, a tmpfs
+    of v1 controllers is v1) against what the Kubernetes version accepts."""
+    version = config.spec.kubernetesVersion
+    if fs == "cgroup2fs":
+        return Check(address, "cgroup v2", "ok", "cgroup v2 (/sys/fs/cgroup is cgroup2fs)")
+    if fs != "tmpfs":
+        return Check(address, "cgroup v2", "warn", f"cannot tell the cgroup version: /sys/fs/cgroup is {fs or 'unknown'}")
+    fix = (f"boot the node with cgroup v2 (kernel parameter systemd.unified_cgroup_hierarchy=1, then reboot), "
+           f"or set spec.nodeConfig.allowCgroupV1: true in {config.path or 'the cluster config'} to run on it "
+           "anyway (deprecated upstream)")
+    if config.spec.nodeConfig.allowCgroupV1:
+        return Check(address, "cgroup v2", "warn", "cgroup v1, allowed by spec.nodeConfig.allowCgroupV1 (deprecated "
+                     "upstream: the kubelet runs with failCgroupV1: false)")
+    m = re.match(r"^v1\.(\d+)\.", version)
+    if m and int(m.group(1)) >= CGROUP_V1_REFUSED_FROM:
+        return Check(address, "cgroup v2", "fail", f"cgroup v1: Kubernetes {version} refuses it (the kubelet's "
+                     f"failCgroupV1, kubeadm's SystemVerification); {fix}")
+    return Check(address, "cgroup v2", "warn", f"cgroup v1: Kubernetes {version} still runs on it, v1.35 and later "
+                 f"refuse it; before upgrading, {fix}")
 
 
 # Arguments: HOST PORT pairs; prints "reach HOST:PORT ok|fail" for each (a TCP connect, 3 s at most).
@@ -374,7 +403,7 @@ class Preflight(Phase):
         for node in config.all_nodes:
             a = node.address
             steps.append(Step(a, f"SSH as {config.spec.nodeAccess.loginUser} and sudo; OS, kernel, binaries, "
-                                 "time sync, swap off"))
+                                 "time sync, swap off, cgroup version"))
             steps.append(Step(a, f"node IP {node.ip} present; subnet read from the node"))
             steps.append(Step(a, f"kubelet and kubeadm, if installed, are {ctx.release.kubernetes}; "
                                  "the registries the node pulls from answer"))

@@ -105,5 +105,6 @@ def kubeadm_config(config: ClusterConfig, node: Node, secrets: ClusterSecrets,
         dns_image=release.kubeadm_image("coredns"),
         node_cidr_mask=node_cidr_prefix(config),
         cgroup_driver=cgroup_driver,
+        cgroup_v1=config.spec.nodeConfig.allowCgroupV1,
     )
     return RenderedFile(KUBEADM_CONFIG, content, mode=0o600, secret=True)

@@ -24,6 +24,7 @@ MANIFESTS = "/etc/kubernetes/manifests"
 
 def lb_bootstrap_files(config: ClusterConfig, cgroup_driver: str = "systemd") -> list[RenderedFile]:
     return [RenderedFile(BOOTSTRAP_CONFIG, render("kubelet/lb-bootstrap-kubelet.yaml.j2", cluster=config.name,
-                                                  manifests=MANIFESTS, cgroup_driver=cgroup_driver), mode=0o644),
+                                                  manifests=MANIFESTS, cgroup_driver=cgroup_driver,
+                                                  cgroup_v1=config.spec.nodeConfig.allowCgroupV1), mode=0o644),
             RenderedFile(BOOTSTRAP_DROPIN, render("kubelet/lb-bootstrap-dropin.conf.j2", cluster=config.name,
                                                   config=BOOTSTRAP_CONFIG), mode=0o644)]
