@@ -236,6 +236,15 @@ def lab_down(workspace: Optional[Path] = WorkspaceOpt) -> None:
     lab_cmd.down(workspace)
 
 
+@lab_app.command("prune")
+def lab_prune() -> None:
+    """Remove the labs on this machine whose processes are all gone (left by a killed run or a restart):
+    what their records in /run/bmctl-lab list, nothing else; running labs are left alone."""
+    from bmctl.commands import lab as lab_cmd
+
+    lab_cmd.prune()
+
+
 @lab_app.command("status")
 def lab_status(workspace: Optional[Path] = WorkspaceOpt) -> None:
     """Show the lab's nodes, whether their sshd runs, and their static pods."""

@@ -219,6 +219,11 @@ def test_reset_leaves_nothing(lab, cluster):
     assert not (lab.workspace / "lab" / "lab-kubeconfig").exists()
     for node in lab.nodes:
         assert not lab.node_file(node, "/var/lib/bmctl/kubeadm/done").exists()
+    # etcd's data folder is empty, though kubeadm reset empties it while etcd still runs (a
+    # `kubeadm init` after it would refuse the folder)
+    for node in lab.control_planes():
+        data = lab.node_file(node, "/var/lib/etcd/x").parent
+        assert not data.exists() or not list(data.iterdir()), (node["name"], list(data.iterdir()))
 
 
 # The phase each kill aims at (1 preflight, 2 provision, 3 control-plane LB, 4 kubeadm, 5 pod network,

@@ -144,3 +144,81 @@ def test_this_machines_dns_proxies_and_package_hosts_are_kept(tmp_path, monkeypa
     pieces = netaddr.IPSet(fence("203.0.113.0/24", {"203.0.113.9": "x", "192.0.2.1": "y"}))
     assert pieces == netaddr.IPSet(["203.0.113.0/24"]) - netaddr.IPSet(["203.0.113.9/32"])
     assert fence("198.51.100.0/24", {}) == ["198.51.100.0/24"]
+
+
+PRUNE_LEAVE = """
+import os, signal, sys
+from pathlib import Path
+from bmctl.lab.lab import Lab
+state = Lab(Path(sys.argv[1])).up(1, 0, 0, host_address=False, real_nodes=False)
+# as a restart of this machine's processes leaves a lab: every process gone, kernel state kept,
+# and the test's temporary state folder cleaned away
+for pid in state["pids"].values():
+    os.killpg(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+import shutil; shutil.rmtree(sys.argv[1])
+print(state["id"])
+"""
+
+PRUNE_CHECK = """
+import json, subprocess, sys
+from pathlib import Path
+from bmctl.lab.lab import Lab, RECORDS
+def left(lab_id):
+    routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "type", "unreachable"], capture_output=True,
+                                       text=True, check=True).stdout or "[]")
+    names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout.split()
+    return {"routes": [r["dst"] for r in routes], "netns": [n for n in names if n.startswith(f"bl{lab_id}-")],
+            "record": (RECORDS / f"{lab_id}.json").exists()}
+orphan = sys.argv[2]
+before = left(orphan)
+try:
+    Lab(Path(sys.argv[1])).up(1, 0, 0, host_address=False, real_nodes=False)
+    refused = None
+except Exception as exc:
+    refused = exc.render() if hasattr(exc, "render") else str(exc)
+pruned = subprocess.run([sys.executable, "-m", "bmctl", "lab", "prune"], capture_output=True, text=True)
+after = left(orphan)
+lab = Lab(Path(sys.argv[1]))
+state = lab.up(1, 0, 0, host_address=False, real_nodes=False)
+try:
+    again = subprocess.run([sys.executable, "-m", "bmctl", "lab", "prune"], capture_output=True, text=True)
+    running = left(state["id"])
+finally:
+    lab.down()
+print(json.dumps({"before": before, "refused": refused, "pruned": pruned.stdout + pruned.stderr, "after": after,
+                  "again": again.stdout + again.stderr, "running": running, "down": left(state["id"])}))
+"""
+
+
+def test_a_lab_left_by_a_killed_run_is_pruned_and_a_running_one_is_not(tmp_path):
+    """A lab whose processes are all gone and whose state folder was cleaned away (a test run killed,
+    this machine's processes restarted) holds the lab's ranges, so every later lab is refused;
+    `bmctl lab prune` removes it from its record (namespaces, fence routes, record) and leaves a
+    running lab alone. Run in a network namespace of its own (`unshare --net`)."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import require
+    from lab.harness import lab_prerequisites
+    missing = lab_prerequisites(real_nodes=False)
+    require(not missing, f"lab prerequisites: {', '.join(missing)}")
+    script = ("ip link set lo up && ip link add dummy0 type veth peer name dummy1 && ip link set dummy0 up && "
+              "ip addr add 10.255.255.1/24 dev dummy0 && ip route add default via 10.255.255.254 && "
+              'lab_id=$("$0" -c "$1" "$2") && exec "$0" -c "$3" "$4" "$lab_id"')
+    proc = subprocess.run(["unshare", "--net", "--", "sh", "-c", script, sys.executable, PRUNE_LEAVE,
+                           str(tmp_path / "orphan"), PRUNE_CHECK, str(tmp_path / "lab-state")],
+                          capture_output=True, text=True, timeout=180, cwd=Path(__file__).parent,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]),
+                                                                           os.environ.get("PYTHONPATH", "")])})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["before"]["routes"] and got["before"]["netns"] and got["before"]["record"], got
+    assert "bmctl lab prune" in got["refused"], got  # the ranges are held, and the error says what frees them
+    assert "Removed lab" in got["pruned"], got
+    assert got["after"] == {"routes": [], "netns": [], "record": False}, got
+    assert "No lab to prune" in got["again"], got
+    assert got["running"]["netns"] and got["running"]["record"], got
+    assert got["down"] == {"routes": [], "netns": [], "record": False}, got

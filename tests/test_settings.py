@@ -155,30 +155,29 @@ def test_memberlist_secret_carries_the_generated_key():
     assert len(secrets.memberlist_key) > 100
 
 
-def test_ipvs_sets_strict_arp():
+def with_proxy_mode(mode: str | None):
+    """A config with kube-proxy in `mode` (None: the default), and the KubeProxyConfiguration it renders."""
     docs = base_docs()
-    docs[2]["spec"]["clusterNetwork"]["kubeProxyMode"] = "ipvs"
+    if mode is not None:
+        docs[2]["spec"]["clusterNetwork"]["kubeProxyMode"] = mode
     config = config_from(docs)
     proxy = [d for d in yaml.safe_load_all(kubeadm_config(config, config.control_plane_nodes[0],
                                                           ClusterSecrets.generate()).content)
              if d and d.get("kind") == "KubeProxyConfiguration"][0]
+    return config, proxy
+
+
+def test_ipvs_sets_strict_arp():
+    config, proxy = with_proxy_mode("ipvs")
     assert proxy["mode"] == "ipvs" and proxy["ipvs"]["strictARP"] is True
-    plain = config_from(base_docs())
-    proxy = [d for d in yaml.safe_load_all(kubeadm_config(plain, plain.control_plane_nodes[0],
-                                                          ClusterSecrets.generate()).content)
-             if d and d.get("kind") == "KubeProxyConfiguration"][0]
+    plain, proxy = with_proxy_mode(None)
     assert proxy["mode"] == "iptables" and "ipvs" not in proxy
     assert [w.path for w in config.warnings if "kubeProxyMode" in w.path] == ["spec.clusterNetwork.kubeProxyMode"]
     assert not [w for w in plain.warnings if "kubeProxyMode" in w.path]
 
 
 def test_nftables_mode_reaches_kube_proxy_without_warning():
-    docs = base_docs()
-    docs[2]["spec"]["clusterNetwork"]["kubeProxyMode"] = "nftables"
-    config = config_from(docs)
-    proxy = [d for d in yaml.safe_load_all(kubeadm_config(config, config.control_plane_nodes[0],
-                                                          ClusterSecrets.generate()).content)
-             if d and d.get("kind") == "KubeProxyConfiguration"][0]
+    config, proxy = with_proxy_mode("nftables")
     assert proxy["mode"] == "nftables" and "ipvs" not in proxy
     assert not [w for w in config.warnings if "kubeProxyMode" in w.path]
 

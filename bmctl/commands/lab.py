@@ -56,6 +56,16 @@ def down(workspace: Path | None) -> None:
     out.print("Lab removed.")
 
 
+def prune() -> None:
+    removed = Lab.prune()
+    for record in removed:
+        state = record["state"]
+        out.print(f"Removed lab {state['id']} ({len(state.get('nodes', []))} nodes, namespaces bl{state['id']}-*, "
+                  f"state folder {record['state_dir']}): none of its processes ran.", markup=False)
+    if not removed:
+        out.print("No lab to prune: every lab on this machine has a process running.", markup=False)
+
+
 def status(workspace: Path | None) -> None:
     rows = _lab(workspace).status()
     table = Table(title="bmctl lab")

@@ -90,6 +90,7 @@ class Lab:
         tmp = self.state_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
+        _write_record(state, self.state_dir)
 
     @property
     def exists(self) -> bool:
@@ -143,7 +144,7 @@ class Lab:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         lab_id = uuid.uuid4().hex[:6]
         prefix = f"bl{lab_id}"
-        state = {"id": lab_id, "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
+        state = {"id": lab_id, "owner": _process_id(os.getpid()), "bridge_ns": f"{prefix}-br", "client_ns": f"{prefix}-client", "nodes": [],
                  "pids": {}, "host_veth": None, "config": None, "cluster": cluster,
                  "net": net.to_dict(), "real_nodes": real_nodes, "kept": keep,
                  "router": ({"ns": f"{prefix}-router", "dir": str(self.state_dir / "frr"), "pids": {}}
@@ -516,43 +517,28 @@ class Lab:
 
     # -- down ---------------------------------------------------------------------------------
     def down(self) -> None:
-        state = self.load()
-        if state.get("router"):
-            from bmctl.lab import router as lab_router
-            lab_router.stop(state)
-        for pid in state.get("pids", {}).values():
-            _stop_group(pid, timeout=30)
-        if state.get("real_nodes"):
-            # whatever a real node left running (pods, containerd shims) is in the lab's cgroup
-            from bmctl.lab import systemd
-            systemd.kill_cgroup(f"/bmctl-lab-{state['id']}", timeout=5)
-            systemd.remove_cgroup(f"/bmctl-lab-{state['id']}")
-        for node in state.get("nodes", []):
-            sh("ip", "netns", "del", node["netns"], check=False)
-        for ns in (state.get("client_ns"), (state.get("router") or {}).get("ns"), state.get("registry_ns"),
-                   state.get("bridge_ns")):
-            if ns:
-                sh("ip", "netns", "del", ns, check=False)
-        if state.get("host_veth"):
-            sh("ip", "link", "del", state["host_veth"], check=False)
-        for cidr in state.get("host_fences", []):
-            sh("ip", "route", "del", "unreachable", cidr, check=False)
-        if state.get("registered"):
-            with _registry() as reg:
-                reg["labs"] = [i for i in reg["labs"] if i != state["id"]]
-                if not reg["labs"]:
-                    # Only once no lab is left: removing a folder that another lab's nodes have
-                    # a bind mount on would silently detach their private copy.
-                    for d in reversed(reg["created_dirs"]):
-                        try:
-                            os.rmdir(d)
-                        except OSError:
-                            pass
-                    reg["created_dirs"] = []
-        config = state.get("config")
-        if config and os.path.exists(config):
-            os.unlink(config)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
+        _teardown(self.load(), self.state_dir)
+
+    @staticmethod
+    def prune() -> list[dict]:
+        """Remove every lab whose processes are all gone (the `bmctl lab up` or test run that made
+        it was killed, or this machine's processes were restarted while its kernel state stayed):
+        its namespaces, routes, cgroups and folders, as its record in /run/bmctl-lab lists them. A
+        lab with any process alive, or whose maker still runs, is left alone. Returns the records
+        of the labs removed."""
+        removed = []
+        for path in sorted(RECORDS.glob("*.json")) if RECORDS.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            state = record["state"]
+            if _process_alive(state.get("owner")) or any(
+                    _alive(pid) for pid in _state_pids(state)):
+                continue
+            _teardown(state, Path(record["state_dir"]))
+            removed.append(record)
+        return removed
 
     # -- status -------------------------------------------------------------------------------
     def status(self) -> list[dict]:
@@ -582,6 +568,76 @@ class Lab:
         raise KeyError(address)
 
 
+def _state_pids(state: dict) -> list[int]:
+    return list(state.get("pids", {}).values()) + list(((state.get("router") or {}).get("pids") or {}).values())
+
+
+def _process_id(pid: int) -> list[int] | None:
+    """A process named so that a later process given the same pid is not taken for it: [pid, start time]."""
+    try:
+        # /proc/PID/stat: the command may hold spaces and parentheses; field 22 (start time) follows it
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return [pid, int(fields[19])]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _process_alive(ident: list[int] | None) -> bool:
+    return bool(ident) and _process_id(ident[0]) == list(ident)
+
+
+def _write_record(state: dict, state_dir: Path) -> None:
+    """The lab's teardown record beside the host-wide registry, so that a lab whose state folder is
+    gone (a test's temporary folder, cleaned) can still be removed by `bmctl lab prune`."""
+    RECORDS.mkdir(parents=True, mode=0o700, exist_ok=True)
+    path = RECORDS / f"{state['id']}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"state_dir": str(state_dir), "state": state}))
+    os.replace(tmp, path)
+
+
+def _teardown(state: dict, state_dir: Path) -> None:
+    """Undo what `up` recorded in `state`: processes (by pid), the router, the real nodes' cgroup,
+    namespaces, this machine's veth and fence routes, registry entries and folders."""
+    if state.get("router"):
+        from bmctl.lab import router as lab_router
+        lab_router.stop(state)
+    for pid in state.get("pids", {}).values():
+        _stop_group(pid, timeout=30)
+    if state.get("real_nodes"):
+        # whatever a real node left running (pods, containerd shims) is in the lab's cgroup
+        from bmctl.lab import systemd
+        systemd.kill_cgroup(f"/bmctl-lab-{state['id']}", timeout=5)
+        systemd.remove_cgroup(f"/bmctl-lab-{state['id']}")
+    for node in state.get("nodes", []):
+        sh("ip", "netns", "del", node["netns"], check=False)
+    for ns in (state.get("client_ns"), (state.get("router") or {}).get("ns"), state.get("registry_ns"),
+               state.get("bridge_ns")):
+        if ns:
+            sh("ip", "netns", "del", ns, check=False)
+    if state.get("host_veth"):
+        sh("ip", "link", "del", state["host_veth"], check=False)
+    for cidr in state.get("host_fences", []):
+        sh("ip", "route", "del", "unreachable", cidr, check=False)
+    if state.get("registered"):
+        with _registry() as reg:
+            reg["labs"] = [i for i in reg["labs"] if i != state["id"]]
+            if not reg["labs"]:
+                # Only once no lab is left: removing a folder that another lab's nodes have
+                # a bind mount on would silently detach their private copy.
+                for d in reversed(reg["created_dirs"]):
+                    try:
+                        os.rmdir(d)
+                    except OSError:
+                        pass
+                reg["created_dirs"] = []
+    config = state.get("config")
+    if config and os.path.exists(config):
+        os.unlink(config)
+    shutil.rmtree(state_dir, ignore_errors=True)
+    (RECORDS / f"{state['id']}.json").unlink(missing_ok=True)
+
+
 def _private_path(private: dict[str, Path], path: str) -> Path:
     """Where a node's file lives on this machine: under the private folder that holds its path."""
     for folder, source in sorted(private.items(), key=lambda kv: -len(kv[0])):
@@ -591,6 +647,7 @@ def _private_path(private: dict[str, Path], path: str) -> Path:
 
 
 REGISTRY = Path("/run/bmctl-lab")
+RECORDS = REGISTRY / "labs"
 
 
 @contextlib.contextmanager

@@ -307,5 +307,7 @@ def pick(subnet: str | None = None, used: list[netaddr.IPNetwork] | None = None,
         detail = "; ".join(f"{c} collides with {', '.join(v)}" for c, v in taken.items() if v)
         raise BmctlError(f"the lab needs two of the documentation ranges {', '.join(CANDIDATES)} that this "
                          f"machine does not use, and only {len(free)} is free ({detail}).",
+                         "if another lab holds them, remove it (`bmctl lab down`; `bmctl lab prune` removes "
+                         "labs whose processes are gone, as a killed run or a restart leaves them); otherwise "
                          "run the lab on a machine (or in a network namespace) where two of them are unused.")
     return LabNet(segment=free[0], pods=free[1], routed=routed)

@@ -29,6 +29,10 @@ KEEPALIVED_STOP_SECONDS = 15
 FRR_FOLDERS = [bgp.BOOT_DIR, bgp.CONF_DIR, bgp.SOCKETS_DIR]
 
 
+ETCD_PORTS = (2379, 2380)  # etcd's client and peer ports (kubeadm's local etcd)
+ETCD_DATA = "/var/lib/etcd"  # kubeadm's local etcd data folder (bmctl sets no other)
+
+
 def lb_files(config) -> list[str]:
     """What bmctl leaves on an LB node: its files (per load-balancer type), the pods' state files,
     the bootstrap kubelet's, and in BGP mode FRR's folders."""
@@ -82,7 +86,7 @@ class Reset(Phase):
     def _ports(self, ctx: Context, address: str) -> list[int]:
         ports = []
         if address in {n.address for n in ctx.config.control_plane_nodes}:
-            ports.append(APISERVER_PORT)
+            ports += [APISERVER_PORT, *ETCD_PORTS]
         if ctx.config.bundled and address in {n.address for n in ctx.config.lb_nodes}:
             ports += [ctx.config.lb.ports.controlPlaneLBPort, HAPROXY_HEALTH_PORT, MEMBERLIST_PORT]
         return ports
@@ -137,6 +141,12 @@ class Reset(Phase):
                     what = ", ".join([f"port {p}" for p in left] + (["the VIP"] if vip_here else []))
                     raise_stuck(host, what)
                 time.sleep(0.5)
+            if has_kubeadm and host.address in {n.address for n in ctx.config.control_plane_nodes}:
+                # kubeadm reset empties etcd's data folder before it stops the kubelet, so the etcd
+                # still running writes into it again, and the next `kubeadm init` refuses the folder
+                # ("/var/lib/etcd is not empty"): empty it again now that etcd is gone (ports above)
+                host.run(["find", ETCD_DATA, "-mindepth", "1", "-delete"], step="empty etcd's data folder",
+                         check=False)
             if self.purge:
                 host.run(["sh", "-c", _PURGE, "sh", RECORD, *PURGED_FILES], step="remove the node software")
             ctx.progress.host(host.address, "reset: " + ("kubeadm reset, " if has_kubeadm else "") +
