@@ -21,7 +21,7 @@ app = typer.Typer(help="Bare-metal Kubernetes clusters over SSH, with bundled lo
                        "(Keepalived + HAProxy for the API VIP, MetalLB layer 2 for Services).",
                   no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None)
 create_app = typer.Typer(help="Create a config template or a cluster.", no_args_is_help=True)
-check_app = typer.Typer(help="Check a config file.", no_args_is_help=True)
+check_app = typer.Typer(help="Check a config file, the nodes before create (preflight), or a running cluster.", no_args_is_help=True)
 app.add_typer(create_app, name="create")
 lab_app = typer.Typer(help="A lab of machines on this host (network namespaces), for trying bmctl.",
                       no_args_is_help=True)
@@ -104,6 +104,17 @@ def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = Works
 
     raise typer.Exit(cluster_cmd.check_preflight(cluster, workspace, output.value, accept_new_host_keys,
                                                  concurrency, until))
+
+
+@check_app.command("cluster")
+def check_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                  output: Output = typer.Option(Output.text, "--output", "-o", help="text or json."),
+                  accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+    """Is the cluster healthy? Nodes (Ready, versions), static pods, etcd (members, health, leader, DB size,
+    alarms), certificates, the VIP, MetalLB, the pod network and the ingress; exit status 1 on any failure."""
+    from bmctl.commands import check as check_cmd
+
+    raise typer.Exit(check_cmd.check_cluster(cluster, workspace, output.value, accept_new_host_keys, concurrency))
 
 
 @reset_app.command("cluster")

@@ -8,6 +8,7 @@ The one lab stand-in is the nodes' unit supervisor (bmctl/lab/systemd.py), doing
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import time
 
@@ -141,6 +142,43 @@ def test_preflight_accepts_our_own_announced_service_ip(lab, service):
     """A re-run on a live cluster: the Service IP MetalLB announces answers ARP from our own LB node."""
     proc = lab.bmctl("check", "preflight", "-o", "json")
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _health(lab) -> tuple[int, dict]:
+    proc = lab.bmctl("check", "cluster", "-o", "json", timeout=120)
+    assert proc.stdout.strip(), proc.stderr
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_check_cluster_passes_and_names_a_stopped_etcd(lab, cluster, service):
+    """`bmctl check cluster` on the healthy cluster: every area checked and passed (exit 0); with
+    one control-plane node's etcd stopped (its manifest moved away), it fails (exit 1) naming etcd
+    and that node, and passes again once etcd is back."""
+    code, report = _health(lab)
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert code == 0 and report["ok"] and not failed, failed
+    areas = {c["area"] for c in report["checks"]}
+    assert areas >= {"nodes", "static pods", "etcd", "certificates", "VIP", "MetalLB", "pod network", "ingress"}, areas
+    objects = " ".join(c["object"] + " " + c["detail"] for c in report["checks"])
+    assert "Service demo/web" in objects and service in objects  # the LoadBalancer Service's IP, announced
+    assert "leader" in objects and "Keepalived master" in objects
+    print(f"check cluster: {len(report['checks'])} checks in {report['seconds']} s")
+
+    node = lab.control_planes()[1]
+    manifest = lab.node_file(node, "/etc/kubernetes/manifests/etcd.yaml")
+    away = lab.node_file(node, "/etc/kubernetes/etcd.yaml.away")
+    manifest.rename(away)
+    try:
+        wait_for(lambda: not lab.running(node, "etcd"), 90, "the kubelet to stop etcd")
+        code, report = _health(lab)
+        failed = [c for c in report["checks"] if c["status"] == "fail"]
+        assert code == 1 and not report["ok"], report
+        here = [c for c in failed if c["node"] == node["address"] and c["area"] in ("etcd", "static pods")]
+        assert any("etcd" in c["object"] for c in here), failed
+        assert all(c["fix"] for c in failed), failed  # every failure says what to do
+    finally:
+        away.rename(manifest)
+    wait_for(lambda: _health(lab)[0] == 0, 180, "check cluster to pass with etcd back", 5)
 
 
 def test_service_ip_moves_when_its_lb_node_is_cut(lab, service):
