@@ -31,6 +31,8 @@ app.add_typer(check_app, name="check")
 app.add_typer(update_app, name="update")
 app.add_typer(reset_app, name="reset")
 app.add_typer(lab_app, name="lab")
+backup_app = typer.Typer(help="Save a running cluster to one file.", no_args_is_help=True)
+app.add_typer(backup_app, name="backup")
 
 ClusterOpt = typer.Option(..., "--cluster", "-c", help="Cluster name (bmctl-workspace/NAME/NAME.yaml) or a "
                                                         "path to a config file.")
@@ -109,12 +111,32 @@ def check_preflight(cluster: str = ClusterOpt, workspace: Optional[Path] = Works
 @check_app.command("cluster")
 def check_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
                   output: Output = typer.Option(Output.text, "--output", "-o", help="text or json."),
-                  accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+                  accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt,
+                  snapshot: bool = typer.Option(False, "--snapshot", help="Write one .tar.gz for a bug report "
+                                                "(objects, events, per-node state and logs, bmctl's logs, the "
+                                                "checks) with no secret in it; exit 0 once written."),
+                  snapshot_output: Optional[Path] = typer.Option(None, "--snapshot-output", help="Where to write "
+                                                                 "it (default bmctl-workspace/NAME/snapshots/).")) -> None:
     """Is the cluster healthy? Nodes (Ready, versions), static pods, etcd (members, health, leader, DB size,
     alarms), certificates, the VIP, MetalLB, the pod network and the ingress; exit status 1 on any failure."""
     from bmctl.commands import check as check_cmd
 
-    raise typer.Exit(check_cmd.check_cluster(cluster, workspace, output.value, accept_new_host_keys, concurrency))
+    raise typer.Exit(check_cmd.check_cluster(cluster, workspace, output.value, accept_new_host_keys, concurrency,
+                                             snapshot, snapshot_output))
+
+
+@backup_app.command("cluster")
+def backup_cluster(cluster: str = ClusterOpt, workspace: Optional[Path] = WorkspaceOpt,
+                   backup_file: Optional[Path] = typer.Option(None, "--backup-file", help="Where to write it "
+                                                              "(default bmctl-workspace/NAME/backups/); never "
+                                                              "overwritten."),
+                   dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be saved; touch no machine."),
+                   accept_new_host_keys: bool = AcceptKeysOpt, concurrency: int = ConcurrencyOpt) -> None:
+    """An etcd snapshot from a healthy member (checked with etcdutl), the PKI, kubeadm's configuration,
+    bmctl's secrets and the config in one 0600 tar with SHA256SUMS. It holds the cluster's keys: keep it safe."""
+    from bmctl.commands import backup as backup_cmd
+
+    backup_cmd.backup_cluster(cluster, workspace, backup_file, dry_run, accept_new_host_keys, concurrency)
 
 
 @reset_app.command("cluster")

@@ -228,8 +228,11 @@ class CertState:
 def certificates(host: Host) -> list[CertState] | str:
     """`kubeadm certs check-expiration -o json` on a control-plane node (its certificates and its
     authorities), or why it could not be read."""
-    res = host.run(["kubeadm", "certs", "check-expiration", "-o", "json"], step="read certificate expiry",
-                   check=False, timeout=60)
+    argv = ["kubeadm", "certs", "check-expiration", "-o", "json"]
+    res = host.run(argv, step="read certificate expiry", check=False, timeout=60)
+    if res.rc != 0:  # it reads kubeadm's configuration from the cluster: without an API, from the node's file
+        from bmctl.render.kubeadm import KUBEADM_CONFIG
+        res = host.run([*argv, "--config", KUBEADM_CONFIG], step="read certificate expiry", check=False, timeout=60)
     data = _json(" ".join(res.stdout.split()) if res.stdout.lstrip().startswith("{") else res.stdout)
     if res.rc != 0 or not isinstance(data, dict):
         return (res.stderr.strip() or res.stdout.strip())[-300:] or f"kubeadm exited {res.rc}"

@@ -84,6 +84,12 @@ def test_certificates_close_to_expiry_warn_and_expired_ones_fail():
     assert {(c.object, c.status) for c in checks if c.node == "192.0.2.12"} == {("apiserver", "warn"),
                                                                                ("admin.conf", "fail")}
     assert any(c.node == "192.0.2.13" and c.status == "fail" for c in checks)
+    # a joined control-plane node has no super-admin.conf (kubeadm writes it on the init node only)
+    checks = Checks()
+    check_certificates(checks, {"192.0.2.12": [cert("apiserver", 364),
+                                               state.CertState("super-admin.conf", None, None, True, False, False),
+                                               state.CertState("controller-manager.conf", None, None, True, False, False)]})
+    assert [(c.object, c.status) for c in checks if c.status == "fail"] == [("controller-manager.conf", "fail")]
 
 
 def test_etcdctl_output_is_read_past_its_log_lines():
@@ -94,3 +100,24 @@ def test_etcdctl_output_is_read_past_its_log_lines():
     assert state._json(out, dict) is None  # the log line is not the document
     assert state._error(out) == "Error: context deadline exceeded"
     assert state._sections("== a\n1\n2\n== b\n3\n") == {"a": "1\n2", "b": "3"}
+
+
+def test_the_snapshot_scrubber_blanks_known_values_keys_and_credential_lines():
+    import base64
+
+    from bmctl.snapshot import Scrubber
+    scrub = Scrubber()
+    scrub.add("s3cr3t-generated-value")
+    scrub.add_secret_data({"password": base64.b64encode(b"hunter2-but-longer").decode(), "short": "eWVz"})
+    scrub.add_secret_data({"tls.crt": base64.b64encode(b"-----BEGIN CERTIFICATE-----\nMIIBpublic").decode(),
+                           "tls.key": base64.b64encode(b"key-material-0123456789").decode()}, "kubernetes.io/tls")
+    key = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEIAbc\n-----END EC PRIVATE KEY-----"
+    text = (f"a s3cr3t-generated-value b hunter2-but-longer {base64.b64encode(b'hunter2-but-longer').decode()} "
+            f"yes key-material-0123456789 MIIBpublic\n{key}\n")
+    clean = scrub(text)
+    for gone in ("s3cr3t-generated-value", "hunter2-but-longer", "key-material-0123456789", "MHcCAQEEIAbc"):
+        assert gone not in clean
+    assert "MIIBpublic" in clean and " yes " in clean  # a TLS certificate and a short word stay
+    toml = '[plugins."io.containerd.grpc.v1.cri".registry.configs."r:5000".auth]\n  password = "pw"\n  username = "u"\n'
+    cleaned = scrub(toml, credentials=True)
+    assert '"pw"' not in cleaned and 'username = "u"' in cleaned

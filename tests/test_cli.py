@@ -122,6 +122,22 @@ def test_reset_dry_run_lists_what_it_removes(tmp_path):
     assert "no machine was touched" in proc.stdout
 
 
+def test_backup_dry_run_says_what_it_saves_and_refusals_name_the_file(tmp_path):
+    (tmp_path / "c.yaml").write_text(dump(base_docs()))
+    proc = bmctl("backup", "cluster", "-c", str(tmp_path / "c.yaml"), "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "etcdutl snapshot status" in proc.stdout and "SHA256SUMS" in proc.stdout
+    assert "no machine was touched" in proc.stdout
+    (tmp_path / "old.tar").write_text("x")
+    proc = bmctl("backup", "cluster", "-c", str(tmp_path / "c.yaml"), "--backup-file", str(tmp_path / "old.tar"),
+                 cwd=tmp_path)
+    assert proc.returncode == 1 and "never overwrites" in proc.stderr and "Traceback" not in proc.stderr
+    proc = bmctl("backup", "cluster", "-c", str(tmp_path / "c.yaml"), cwd=tmp_path)  # never created here
+    assert proc.returncode == 1 and "create cluster" in proc.stderr and "Traceback" not in proc.stderr
+    proc = bmctl("check", "cluster", "-c", str(tmp_path / "c.yaml"), cwd=tmp_path)
+    assert proc.returncode == 1 and "no kubeconfig" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_lab_needs_root_or_says_so(tmp_path):
     import os
     if os.geteuid() == 0:

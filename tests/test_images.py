@@ -97,6 +97,7 @@ VERSIONS = {  # binary -> (argv, what its output must contain)
     "kubectl": (["version", "--client", "-o", "json"], '"gitVersion": "v1.34.2"'),
     "etcd": (["--version"], "etcd Version: 3.6.5"),
     "etcdctl": (["version"], "etcdctl version: 3.6.5"),
+    "etcdutl": (["version"], "etcdutl version: 3.6.5"),
     "coredns": (["-version"], "CoreDNS-1.12.1"),
     "flanneld": (["--version"], "v0.27.4"),
     "flannel-cni-plugin": ([], "CNI flannel plugin v0.9.1"),

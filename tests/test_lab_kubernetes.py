@@ -181,6 +181,106 @@ def test_check_cluster_passes_and_names_a_stopped_etcd(lab, cluster, service):
     wait_for(lambda: _health(lab)[0] == 0, 180, "check cluster to pass with etcd back", 5)
 
 
+PLANTED = "planted-value-5f0c2a9e71d4b836"
+
+
+def test_snapshot_has_what_a_bug_report_needs_and_no_secret(lab, cluster, service, tmp_path):
+    """`bmctl check cluster --snapshot`: one 0600 .tar.gz with the checks, the cluster's objects and
+    events, every node's addresses, routes, rules, processes, containers and static pods' logs, and
+    bmctl's run logs; no secret in it: a Secret planted here, MetalLB's memberlist key, the bootstrap
+    token, the certificate key, the admin kubeconfig's key and every private key file's content are
+    nowhere in the archive."""
+    import base64
+    import tarfile
+
+    _, kube = cluster
+    kube("create_namespaced_secret", "demo", {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "planted"},
+                                              "stringData": {"password": PLANTED}})
+    out = tmp_path / "snap.tar.gz"
+    proc = lab.bmctl("check", "cluster", "--snapshot", "--snapshot-output", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(proc.stdout.strip())
+    assert out.stat().st_mode & 0o777 == 0o600
+    with tarfile.open(out) as tar:
+        texts = {m.name.split("/", 1)[1]: tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+    everything = "\n".join(texts.values())
+    ws = lab.workspace / "lab"
+    secrets = yaml.safe_load((ws / ".secrets.yaml").read_text())
+    kubeconfig = yaml.safe_load((ws / "lab-kubeconfig").read_text())
+    client_key = kubeconfig["users"][0]["user"]["client-key-data"]
+    cp = lab.control_planes()[0]
+    private = [lab.node_file(cp, f"/etc/kubernetes/pki/{k}").read_text() for k in ("ca.key", "sa.key", "etcd/ca.key")]
+    private.append((lab.lab.state_dir / "id_ed25519").read_text())
+    planted = [PLANTED, base64.b64encode(PLANTED.encode()).decode(), secrets["memberlist_key"],
+               secrets["bootstrap_token"], secrets["bootstrap_token"].split(".")[1], secrets["certificate_key"],
+               client_key, base64.b64decode(client_key).decode()]
+    for value in planted:
+        assert value not in everything, f"a secret value is in the snapshot: {value[:12]}..."
+    for pem in private:
+        body = [ln for ln in pem.splitlines() if ln and not ln.startswith("-----")]
+        assert not [ln for ln in body if ln in everything], "a private key's content is in the snapshot"
+    assert "PRIVATE KEY-----" not in everything.replace("PEM private key", "")
+    # what a bug report needs
+    assert "Secrets: none" in texts["SNAPSHOT.txt"]
+    assert json.loads(texts["health.json"]) and "planted" in texts["cluster/v1/Secret.yaml"]
+    assert "kube-apiserver" in texts["cluster/v1/Pod.yaml"] and texts["cluster/v1/Event.yaml"].strip()
+    assert "IPAddressPool" in "".join(n for n in texts) and service in texts["cluster/v1/Service.yaml"]
+    for node in lab.nodes:
+        here = {n.rsplit("/", 1)[1] for n in texts if n.startswith(f"nodes/{node['address']}/")}
+        assert {"addresses.txt", "routes.txt", "processes.txt", "containers.txt", "mounts.txt"} <= here, here
+        assert node["address"] in texts[f"nodes/{node['address']}/addresses.txt"]
+    assert "kube-apiserver" in texts[f"nodes/{cp['address']}/containers.txt"]
+    assert "/var/log/pods/kube-system_etcd-" in texts[f"nodes/{cp['address']}/pod-logs.txt"]
+    assert any(n.startswith("bmctl/create-cluster-") for n in texts), "bmctl's run logs"
+
+
+def test_backup_holds_a_checked_etcd_snapshot_the_pki_and_the_secrets(lab, cluster, service, tmp_path):
+    """`bmctl backup cluster`: one 0600 tar whose SHA256SUMS match, with an etcd snapshot that etcdutl
+    reads back at the revision backup.yaml records and that holds a ConfigMap made just before; the
+    PKI with etcd's and the service accounts' keys; kubeadm's configuration and bmctl's secrets. No
+    secret on the console or in the run's log; an existing file is never overwritten."""
+    import hashlib
+    import subprocess
+    import tarfile
+
+    from bmctl.lab import binaries
+
+    _, kube = cluster
+    kube("create_namespaced_config_map", "demo", {"apiVersion": "v1", "kind": "ConfigMap",
+                                                   "metadata": {"name": "before"}, "data": {"when": "before"}})
+    out = tmp_path / "lab.backup.tar"
+    proc = lab.bmctl("backup", "cluster", "--backup-file", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    print(proc.stdout.strip())
+    assert out.stat().st_mode & 0o777 == 0o600
+    folder = tmp_path / "x"
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        tar.extractall(folder, filter="data")
+    assert set(names) == {"backup.yaml", "etcd-snapshot.db", "pki.tar", "kubeadm.yaml", "secrets.yaml", "cluster.yaml",
+                          "SHA256SUMS"}, names
+    for line in (folder / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split("  ")
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    meta = yaml.safe_load((folder / "backup.yaml").read_text())
+    assert meta["cluster"] == "lab" and meta["kubernetesVersion"] == "v1.34.2"
+    assert {n["address"] for n in meta["nodes"]} == {n["address"] for n in lab.nodes}
+    status = subprocess.run([str(binaries.binary("etcdutl")), "snapshot", "status", str(folder / "etcd-snapshot.db"),
+                             "-w", "json"], capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["revision"] == meta["etcd"]["revision"] > 0
+    assert b"/registry/configmaps/demo/before" in (folder / "etcd-snapshot.db").read_bytes()
+    with tarfile.open(folder / "pki.tar") as pki:
+        assert {"pki/ca.key", "pki/sa.key", "pki/etcd/ca.key", "pki/front-proxy-ca.key"} <= set(pki.getnames())
+    secrets = yaml.safe_load((lab.workspace / "lab" / ".secrets.yaml").read_text())
+    assert yaml.safe_load((folder / "secrets.yaml").read_text()) == secrets
+    logs = "".join(f.read_text() for f in (lab.workspace / "lab" / "log").glob("backup-cluster-*/*") if f.is_file())
+    for value in (secrets["bootstrap_token"], secrets["certificate_key"], secrets["memberlist_key"]):
+        assert value not in proc.stdout + proc.stderr + logs
+    again = lab.bmctl("backup", "cluster", "--backup-file", str(out), timeout=60)
+    assert again.returncode == 1 and "never overwrites" in again.stderr, again.stderr
+
+
 def test_service_ip_moves_when_its_lb_node_is_cut(lab, service):
     wait_for(lambda: http_get(lab, service), 30, "HTTP through the Service IP", 0.2)
     node = announcer(lab, service)

@@ -203,7 +203,8 @@ def check_certificates(checks: Checks, asked: dict[str, object]) -> None:
             if c.external:
                 continue
             if c.missing:
-                if not c.authority:
+                # kubeadm writes super-admin.conf on the node that ran `kubeadm init` only
+                if not c.authority and c.name != "super-admin.conf":
                     checks.add("certificates", address, what, "fail", "missing",
                                "re-run `bmctl create cluster`, or `kubeadm init phase certs` for it")
                 continue
@@ -353,7 +354,8 @@ def check_ingress(checks: Checks, config, kube, inventory: Inventory) -> None:
                    f"{vip}")
 
 
-def gather(config, inventory: Inventory, kubeconfig: Path) -> Checks:
+def gather(config, inventory: Inventory, kubeconfig: Path) -> tuple[Checks, object]:
+    """The checks, and the API client (None when the API does not answer)."""
     checks = Checks()
     from bmctl import release as releases
     release = releases.of(config)
@@ -389,11 +391,11 @@ def gather(config, inventory: Inventory, kubeconfig: Path) -> Checks:
         check_network(checks, config, kube, found)
         if config.runs_ingress:
             check_ingress(checks, config, kube, inventory)
-    return checks
+    return checks, kube
 
 
 def check_cluster(target: str, workspace: Path | None, output: str, accept_new_host_keys: bool,
-                  concurrency: int) -> int:
+                  concurrency: int, snapshot: bool = False, snapshot_output: Path | None = None) -> int:
     config, ws = load(target, workspace)
     if not ws.kubeconfig_path.exists():
         raise BmctlError(f"cluster {config.name}: no kubeconfig at {ws.kubeconfig_path}, so it was not created from "
@@ -405,11 +407,13 @@ def check_cluster(target: str, workspace: Path | None, output: str, accept_new_h
     start = time.monotonic()
     inventory = Inventory(config, access(config, accept_new_host_keys), concurrency)
     try:
-        checks = gather(config, inventory, ws.kubeconfig_path)
+        checks, kube = gather(config, inventory, ws.kubeconfig_path)
+        seconds = time.monotonic() - start
+        if snapshot:
+            return _snapshot(config, ws, inventory, kube, checks, snapshot_output, output)
     finally:
         inventory.close()
         runlog.stop()
-    seconds = time.monotonic() - start
     failed = [c for c in checks if c.status == "fail"]
     warned = [c for c in checks if c.status == "warn"]
     if output == "json":
@@ -430,3 +434,30 @@ def check_cluster(target: str, workspace: Path | None, output: str, accept_new_h
         out.print(f"Cluster {config.name}: {verdict} ({len(checks)} checks in {seconds:.1f} s). Logs: {log_dir}",
                   markup=False)
     return 1 if failed else 0
+
+
+def _snapshot(config, ws, inventory: Inventory, kube, checks: Checks, path: Path | None, output: str) -> int:
+    """Write the snapshot (bmctl/snapshot.py); its exit status is 0 once written, whatever the health
+    (a snapshot is for a cluster that is not well)."""
+    from bmctl import snapshot
+    from bmctl.secrets import load_or_create
+    from bmctl.workspace import _mkdir_private
+    secrets = load_or_create(ws.secrets_path).values() if ws.secrets_path.exists() else []
+    if path is None:
+        path = _mkdir_private(ws.dir / "snapshots") / f"snapshot-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}.tar.gz"
+    elif path.parent and not path.parent.is_dir():
+        raise BmctlError(f"--snapshot-output {path}: its folder does not exist.", "create it, or name another file.")
+    summary = snapshot.write(path, config, inventory, kube, [asdict(c) for c in checks], secrets,
+                             ws.kubeconfig_path, ws.dir / "log")
+    failed = sum(1 for c in checks if c.status == "fail")
+    if output == "json":
+        out.print_json(json.dumps({**summary, "ok": not failed}))
+    else:
+        out.print(f"Snapshot of cluster {config.name}: {summary['path']} ({summary['bytes'] / 2**20:.1f} MiB, "
+                  f"{summary['files']} files, {summary['seconds']} s; mode 0600). It holds no secret: Secrets by name "
+                  f"only, {summary['redacted']} secret value(s) replaced with <redacted> (SNAPSHOT.txt says what is "
+                  f"in it). Health: {'FAILED, ' + str(failed) + ' failure(s)' if failed else 'healthy'} "
+                  "(health.json).", markup=False)
+        for note in summary["notes"]:
+            out.print(f"  not collected: {note}", markup=False)
+    return 0

@@ -204,9 +204,10 @@ class Host:
             cmd = "sudo -n -- " + cmd
         return cmd
 
-    def _exec(self, cmd: str, stdin, timeout: float, silence: float) -> tuple[int, str, str]:
+    def _exec(self, cmd: str, stdin, timeout: float, silence: float, sink=None) -> tuple[int, str, str]:
         """One attempt: blocking reads (no polling), stdout to EOF, then stderr, then the exit status.
-        A read that waits longer than `silence` means the connection is dead."""
+        A read that waits longer than `silence` means the connection is dead. `sink`: a binary file
+        that takes stdout instead (emptied first, so that a retried attempt starts it again)."""
         client = self.connect()
         log().debug("run %s", cmd, extra={"host": self.address})
         transport = client.get_transport()
@@ -225,8 +226,14 @@ class Host:
             chan.shutdown_write()
             end = time.monotonic() + timeout
             out = bytearray()
+            if sink is not None:
+                sink.seek(0)
+                sink.truncate()
             while chunk := chan.recv(65536):
-                out += chunk
+                if sink is not None:
+                    sink.write(chunk)
+                else:
+                    out += chunk
                 if time.monotonic() > end:
                     raise socket.timeout(f"no end after {timeout:.0f} s")
             err = bytearray()
@@ -240,8 +247,8 @@ class Host:
         return rc, out.decode(errors="replace"), err.decode(errors="replace")
 
     def run(self, argv: list[str], *, step: str = "", sudo: bool = True, stdin=None,
-            check: bool = True, timeout: float | None = None, retry: bool = True, secret_output: bool = False
-            ) -> Result:
+            check: bool = True, timeout: float | None = None, retry: bool = True, secret_output: bool = False,
+            stdout_to=None) -> Result:
         """Run argv on the host; raise HostError (host, step, stderr) when check and rc != 0.
 
         `timeout`: for a command that may stay silent a while (kubeadm, arping); without it the
@@ -249,14 +256,17 @@ class Host:
         A lost or dead connection is reopened with backoff and the command run again, for at most
         `access.retry_seconds`; pass retry=False for a command that must not run twice, and
         secret_output=True when stdout holds a secret (it is then not logged). `stdin`: text, bytes, or
-        a seekable binary file (streamed; sent again from its start when the command is retried)."""
+        a seekable binary file (streamed; sent again from its start when the command is retried).
+        `stdout_to`: a seekable binary file that receives stdout as it comes (a download never held in
+        memory; Result.stdout is then empty)."""
         cmd = self.command_line(argv, sudo)
         step = step or argv[0]
         deadline = time.monotonic() + self.access.retry_seconds
         delay = 0.5
         while True:
             try:
-                rc, out, err = self._exec(cmd, stdin, timeout or 120.0, timeout or self.access.stall_seconds)
+                rc, out, err = self._exec(cmd, stdin, timeout or 120.0, timeout or self.access.stall_seconds,
+                                          stdout_to)
                 break
             except (OSError, EOFError, socket.timeout, paramiko.SSHException, HostError) as exc:
                 self.close()

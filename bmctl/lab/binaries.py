@@ -5,7 +5,7 @@ live in bmctl/release/):
 - kubernetes v1.34.2: kube-apiserver, kube-controller-manager, kube-scheduler, kube-proxy, kubelet,
   kubeadm, kubectl, from a wrapper module that requires k8s.io/kubernetes and replaces each
   k8s.io/* staging module with its published v0.34.2;
-- etcd v3.6.5 (and etcdctl): the version kubeadm 1.34 deploys (constants.SupportedEtcdVersion[34]);
+- etcd v3.6.5 (and etcdctl, etcdutl): the version kubeadm 1.34 deploys (constants.SupportedEtcdVersion[34]);
 - CoreDNS v1.12.1 (kubeadm 1.34's constants.CoreDNSVersion);
 - flannel v0.27.4 (the lab's pod network) and its CNI plugin (see FLANNEL_CNI_PLUGIN);
 - MetalLB v0.15.2 controller and speaker, and the FRR-mode tools its speaker image ships (cp-tool,
@@ -121,8 +121,10 @@ GROUPS = [
     # not the cluster's version). Only the link step differs from the kubelet above.
     Group("kubelet-other", KUBERNETES, {"k8s.io/kubernetes": KUBERNETES},
           {"kubelet-other": "k8s.io/kubernetes/cmd/kubelet"}, _k8s_ldflags(OTHER_KUBELET), staging=True),
-    Group("etcd", ETCD, {"go.etcd.io/etcd/server/v3": ETCD, "go.etcd.io/etcd/etcdctl/v3": ETCD},
-          {"etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3"},
+    Group("etcd", ETCD, {"go.etcd.io/etcd/server/v3": ETCD, "go.etcd.io/etcd/etcdctl/v3": ETCD,
+                         "go.etcd.io/etcd/etcdutl/v3": ETCD},
+          {"etcd": "go.etcd.io/etcd/server/v3", "etcdctl": "go.etcd.io/etcd/etcdctl/v3",
+           "etcdutl": "go.etcd.io/etcd/etcdutl/v3"},
           (_x("go.etcd.io/etcd/api/v3/version.GitSHA", "a061450"),)),  # the version itself is a constant there
     Group("coredns", COREDNS, {"github.com/coredns/coredns": COREDNS}, {"coredns": "github.com/coredns/coredns"},
           (_x("github.com/coredns/coredns/coremain.GitCommit", "707c7c1"),)),

@@ -520,7 +520,8 @@ def specs(deb: Debian) -> list[Image]:
               source="bmctl/lab/cmd/pause"),
         Image("etcd", binaries.ETCD.lstrip("v") + "-0", [base, {"var/lib/etcd": folder(0o700)},
                                                           {**_bin("etcd", "usr/local/bin/etcd"),
-                                                           **_bin("etcdctl", "usr/local/bin/etcdctl")}],
+                                                           **_bin("etcdctl", "usr/local/bin/etcdctl"),
+                                                           **_bin("etcdutl", "usr/local/bin/etcdutl")}],
               cmd=["/usr/local/bin/etcd"], source=f"go.etcd.io/etcd/server/v3 {binaries.ETCD}"),
         *(scratch(n, k8s, n, f"usr/local/bin/{n}", f"k8s.io/kubernetes {k8s}")
           for n in ("kube-apiserver", "kube-controller-manager", "kube-scheduler")),

@@ -9,6 +9,7 @@ from bmctl.phases.facts import read_facts_and_files
 from bmctl.render import lb_node_files
 from bmctl.render.bgp import VIP_STATUS
 from bmctl.render.controlplane_lb import lb_node_paths
+from bmctl.state import holds
 from bmctl.render.kubelet import BOOTSTRAP_CONFIG, BOOTSTRAP_DROPIN, lb_bootstrap_files
 
 VIP_WAIT_SECONDS = 90
@@ -28,9 +29,6 @@ echo "standalone $(systemctl is-active kubelet || true)"
 '''
 
 
-def _holds(host: Host, vip: str) -> bool:
-    res = host.run(["ip", "-j", "addr", "show"], step="read addresses", sudo=False)
-    return any(a.get("local") == vip for link in json.loads(res.stdout) for a in link.get("addr_info", []))
 
 
 def _answers(host: Host, vip: str, port: int) -> bool:
@@ -131,7 +129,7 @@ class ControlPlaneLB(Phase):
         deadline = time.monotonic() + VIP_WAIT_SECONDS
         holders: list[str] = []
         while time.monotonic() < deadline:
-            held = ctx.inventory.parallel(addresses, lambda h: _holds(h, vip))
+            held = ctx.inventory.parallel(addresses, lambda h: holds(h, vip))
             holders = [a for a in addresses if held[a]]
             if len(holders) == 1 and _answers(ctx.inventory[holders[0]], vip, port):
                 ctx.progress.host(holders[0], f"holds the VIP {vip}; HAProxy answers on port {port}")

@@ -7,7 +7,7 @@ from bmctl.config.model import APISERVER_PORT, MEMBERLIST_PORT
 from bmctl.host import Host
 from bmctl.host.files import remove_files
 from bmctl.phases.base import Context, Phase, Step
-from bmctl.phases.controlplane_lb import _holds
+from bmctl.state import holds
 from bmctl.phases.kubeadm import KUBEADM_STATE_FILES
 from bmctl.phases.network import flannel_leftovers, node_cleanup_argv
 from bmctl.phases.preflight import _listeners
@@ -117,7 +117,7 @@ class Reset(Phase):
                 # and removes it; in BGP mode the VIP leaves lo and bgpd closes its sessions (Cease)
                 remove_files(host, [vip_holder_manifest(ctx.config)])
                 deadline = time.monotonic() + KEEPALIVED_STOP_SECONDS
-                while _holds(host, vip) and time.monotonic() < deadline:
+                while holds(host, vip) and time.monotonic() < deadline:
                     time.sleep(0.5)
             has_kubeadm = host.run(["sh", "-c", "command -v kubeadm"], step="find kubeadm", check=False).rc == 0
             if has_kubeadm:
@@ -134,7 +134,7 @@ class Reset(Phase):
             deadline = time.monotonic() + STOP_SECONDS
             while True:
                 left = _listening(host, ports)
-                vip_here = _holds(host, vip)
+                vip_here = holds(host, vip)
                 if not left and not vip_here:
                     break
                 if time.monotonic() > deadline:

@@ -19,7 +19,8 @@ from bmctl.config.model import Node
 from bmctl.host import Host, HostError, sync_files
 from bmctl.host.files import remove_files
 from bmctl.phases.base import Context, Phase, Step
-from bmctl.phases.controlplane_lb import ControlPlaneLB, _holds, bgp_vip_state
+from bmctl.phases.controlplane_lb import ControlPlaneLB, bgp_vip_state
+from bmctl.state import holds
 from bmctl.phases.facts import gather
 from bmctl.phases.preflight import cluster_checks, node_checks, report
 from bmctl.phases.reset import _listening, remove_lb_files
@@ -167,7 +168,7 @@ class RollingLB(Phase):
         if ctx.config.lb.type == "bgp":  # every healthy LB node announces the VIP: no master to keep for last
             return None
         vip = ctx.config.lb.vips.controlPlaneVIP
-        held = ctx.inventory.parallel([n.address for n in nodes], lambda h: _holds(h, vip))
+        held = ctx.inventory.parallel([n.address for n in nodes], lambda h: holds(h, vip))
         holders = [a for a, yes in held.items() if yes]
         return holders[0] if len(holders) == 1 else None
 
