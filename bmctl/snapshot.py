@@ -30,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from bmctl.host import Host, Inventory
+from bmctl.state import sections
 
 REDACTED = "<redacted>"
 # The objects a snapshot holds: (apiVersion, kind); a kind the cluster does not serve is skipped.
@@ -201,22 +202,10 @@ def _node_script() -> str:
     ])
 
 
-def _split(text: str) -> dict[str, str]:
-    found: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("== "):
-            current = line[3:].strip()
-            found[current] = []
-        elif current is not None:
-            found[current].append(line)
-    return {k: "\n".join(v) + "\n" for k, v in found.items()}
-
-
 def node_files(host: Host) -> dict[str, str]:
     res = host.run(["sh", "-c", _node_script()], step="collect the node's state for the snapshot", check=False,
                    timeout=120)
-    return {f"nodes/{host.address}/{name}.txt": text for name, text in _split(res.stdout).items()}
+    return {f"nodes/{host.address}/{name}.txt": text + "\n" for name, text in sections(res.stdout).items()}
 
 
 def _add(tar: tarfile.TarFile, name: str, text: str, mtime: float) -> None:

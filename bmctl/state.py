@@ -137,7 +137,8 @@ echo "== quota"; grep -o -- '--quota-backend-bytes=[0-9]*' {ETCD_MANIFEST} 2>/de
 """
 
 
-def _sections(text: str) -> dict[str, str]:
+def sections(text: str) -> dict[str, str]:
+    """A script's output cut at its `== NAME` lines: {NAME: the lines after it}."""
     found: dict[str, list[str]] = {}
     current = None
     for line in text.splitlines():
@@ -184,7 +185,7 @@ def etcd(host: Host) -> EtcdState:
     if "NO-CONTAINER" in res.stdout:
         state.error = "no running etcd container on this node"
         return state
-    parts = _sections(res.stdout)
+    parts = sections(res.stdout)
     members = _json(parts.get("members", ""))
     if not isinstance(members, dict):
         state.error = f"etcdctl member list failed: {_error(parts.get('members', '') or res.stderr)}"

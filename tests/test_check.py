@@ -99,7 +99,7 @@ def test_etcdctl_output_is_read_past_its_log_lines():
     assert state._json(out, list)[0]["Endpoint"] == "https://192.0.2.11:2379"
     assert state._json(out, dict) is None  # the log line is not the document
     assert state._error(out) == "Error: context deadline exceeded"
-    assert state._sections("== a\n1\n2\n== b\n3\n") == {"a": "1\n2", "b": "3"}
+    assert state.sections("== a\n1\n2\n== b\n3\n") == {"a": "1\n2", "b": "3"}
 
 
 def test_the_snapshot_scrubber_blanks_known_values_keys_and_credential_lines():
