@@ -63,7 +63,10 @@ def prune() -> None:
         out.print(f"Removed lab {state['id']} ({len(state.get('nodes', []))} nodes, namespaces bl{state['id']}-*, "
                   f"state folder {record['state_dir']}): none of its processes ran.", markup=False)
     if not removed:
-        out.print("No lab to prune: every lab on this machine has a process running.", markup=False)
+        from bmctl.lab.lab import RECORDS
+        running = len(list(RECORDS.glob("*.json"))) if RECORDS.is_dir() else 0
+        out.print("No lab to prune: " + (f"the {running} lab(s) on this machine have processes running."
+                                         if running else "there is no lab on this machine."), markup=False)
 
 
 def status(workspace: Path | None) -> None:
