@@ -134,6 +134,20 @@ def test_service_ip_is_routed_to_every_lb_node_and_answers_behind_the_router(lab
     assert wait_for(lambda: http_get(lab, service), 30, "the Service to answer through the router")
 
 
+def test_check_cluster_reads_bgp_sessions_and_announcements(lab, service):
+    """`bmctl check cluster` in BGP mode: each LB node's sessions and VIP announcement (FRR's state)
+    and the Service's IP announced (MetalLB's ServiceBGPStatus) pass."""
+    import json
+    proc = lab.bmctl("check", "cluster", "-o", "json", timeout=120)
+    report = json.loads(proc.stdout)
+    failed = [c for c in report["checks"] if c["status"] == "fail"]
+    assert proc.returncode == 0 and not failed, failed
+    vip = [c for c in report["checks"] if c["area"] == "VIP" and c["object"].startswith("BGP ")]
+    assert {c["node"] for c in vip} == lb_addresses(lab) and all("announced" in c["detail"] for c in vip), vip
+    assert any(service in c["detail"] and "announced" in c["detail"] for c in report["checks"]
+               if c["area"] == "MetalLB"), report["checks"]
+
+
 def test_new_connections_spread_over_the_lb_nodes(lab, service):
     """1,000 new connections from the client: the router's ECMP (L4 hash) sends them to both LB
     nodes; each LB node forwards to the pod on the worker with SNAT, so the web server sees which."""
