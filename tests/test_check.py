@@ -34,7 +34,7 @@ def by_status(checks, status):
 def test_a_healthy_etcd_passes():
     members = [member("cp1", "192.0.2.11", 10), member("cp2", "192.0.2.12", 11), member("cp3", "192.0.2.13", 12)]
     checks = Checks()
-    check_etcd(checks, config(), {"192.0.2.11": etcd_state(members)}, {})
+    check_etcd(checks, config(), {"192.0.2.11": etcd_state(members)})
     assert not by_status(checks, "fail") and not by_status(checks, "warn"), checks
     assert any(c.object == "etcd leader" and "cp1" in c.detail for c in checks)
 
@@ -42,7 +42,7 @@ def test_a_healthy_etcd_passes():
 def test_a_missing_member_a_stranger_and_no_leader_fail_naming_each():
     members = [member("cp1", "192.0.2.11", 10), member("cp2", "192.0.2.12", 11), member("old", "192.0.2.99", 13)]
     checks = Checks()
-    check_etcd(checks, config(), {"192.0.2.11": etcd_state(members, leader="0")}, {})
+    check_etcd(checks, config(), {"192.0.2.11": etcd_state(members, leader="0")})
     failed = by_status(checks, "fail")
     assert any(c.node == "192.0.2.13" and "no etcd member" in c.detail for c in failed), failed
     assert any("192.0.2.99" in c.detail and "member remove d" in c.fix for c in failed), failed
@@ -53,19 +53,18 @@ def test_a_missing_member_a_stranger_and_no_leader_fail_naming_each():
 def test_a_full_database_and_an_alarm_fail_a_growing_one_warns():
     members = [member("cp1", "192.0.2.11", 10), member("cp2", "192.0.2.12", 11), member("cp3", "192.0.2.13", 12)]
     checks = Checks()
-    check_etcd(checks, config(), {"192.0.2.11": etcd_state(members, db=int(1.7 * 2**30))}, {})
+    check_etcd(checks, config(), {"192.0.2.11": etcd_state(members, db=int(1.7 * 2**30))})
     assert [c.object for c in by_status(checks, "warn")] == ["etcd database"] * 3
     checks = Checks()
     full = etcd_state(members, db=int(1.98 * 2**30), alarms=["memberID:10 alarm:NOSPACE"])
-    check_etcd(checks, config(), {"192.0.2.11": full}, {})
+    check_etcd(checks, config(), {"192.0.2.11": full})
     failed = by_status(checks, "fail")
     assert {c.object for c in failed} == {"etcd database", "etcd alarm"}, failed
 
 
 def test_no_etcd_answering_fails_and_says_so():
     checks = Checks()
-    check_etcd(checks, config(), {"192.0.2.11": state.EtcdState(node="192.0.2.11", error="no running etcd container")},
-               {})
+    check_etcd(checks, config(), {"192.0.2.11": state.EtcdState(node="192.0.2.11", error="no running etcd container")})
     failed = by_status(checks, "fail")
     assert any(c.node == "192.0.2.11" and "no running etcd container" in c.detail for c in failed)
     assert any(c.node == "cluster" and "no control-plane node" in c.detail for c in failed)

@@ -117,7 +117,7 @@ def check_static_pods(checks: Checks, config, found: dict[str, state.NodeState],
                            f"Running, Ready ({pod.restarts} restarts)")
 
 
-def check_etcd(checks: Checks, config, asked: dict[str, object], found: dict[str, state.NodeState]) -> None:
+def check_etcd(checks: Checks, config, asked: dict[str, object]) -> None:
     cps = config.control_plane_nodes
     answers = {a: v for a, v in asked.items() if isinstance(v, state.EtcdState) and not v.error}
     for address, value in asked.items():
@@ -381,7 +381,7 @@ def gather(config, inventory: Inventory, kubeconfig: Path) -> tuple[Checks, obje
     if kube is not None:
         check_nodes(checks, config, release, found)
         check_static_pods(checks, config, found, state.static_pods(kube))
-    check_etcd(checks, config, etcds, found)
+    check_etcd(checks, config, etcds)
     check_certificates(checks, certs)
     if config.bundled:
         check_vip(checks, config, inventory, kube)

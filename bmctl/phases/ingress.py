@@ -14,6 +14,7 @@ from bmctl.phases.drift import changed_objects, put_back
 from bmctl.render.engine import documents
 from bmctl.render.ingress import (CLASS, CLUSTER_ROLE, GATEWAY, NAME, NAMESPACE, POD_SELECTOR,
                                   ingress_manifests, tls_secret)
+from bmctl.state import http_code
 
 WAIT_SECONDS = 300
 
@@ -161,12 +162,7 @@ class Ingress(Phase):
                               "--cert=FILE --key=FILE)")
         host = ctx.inventory[config.lb_nodes[0].address]
 
-        def answers() -> str | None:
-            res = host.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
-                            f"http://{vip}/" if ":" not in vip else f"http://[{vip}]/"],
-                           step="HTTP through the ingress VIP", sudo=False, check=False)
-            code = res.stdout.strip()
-            return code if code.isdigit() and code != "000" else None
-        code = wait(f"an HTTP answer on the ingress VIP {vip}:80", answers, 60, 1)
+        url = f"http://{vip}/" if ":" not in vip else f"http://[{vip}]/"
+        code = wait(f"an HTTP answer on the ingress VIP {vip}:80", lambda: http_code(host, url), 60, 1)
         ctx.progress.note(f"ingress ready: Traefik on {len(want)} LB node(s), {vip}:80 answers (HTTP {code} "
                           f"without a route), Gateway {NAMESPACE}/{GATEWAY} and IngressClass {CLASS} ready")
